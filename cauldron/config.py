@@ -1,0 +1,326 @@
+"""Configuration: the seed's INI file, validated once at load.
+
+Pure Python (no twisted, no zmq) so every layer can use it and tests need no
+sockets.  A :class:`Config` is immutable: code that wants a different value
+(tests picking ephemeral ports, say) asks for a new one with
+:meth:`Config.replace` or :meth:`Config.fromMapping`.
+
+The file is found, in order: the ``path`` argument, the ``CAULDRON_CONFIG``
+environment variable, else built-in defaults only.  Anywhere a config is
+accepted, an already-loaded :class:`Config` is accepted too.
+"""
+
+import configparser
+import os
+import types
+import warnings
+
+from cauldron.errors import ConfigError
+
+__all__ = [
+    "Config",
+    "ConfigWarning",
+    "DEFAULTS",
+    "ENV_VAR",
+    "load",
+    "coerce",
+]
+
+ENV_VAR = "CAULDRON_CONFIG"
+
+#: Every known section and key with its default, as written in an INI file.
+DEFAULTS = types.MappingProxyType(
+    {
+        "zmq": types.MappingProxyType(
+            {
+                "host": "localhost",
+                "protocol": "tcp",
+                "dispatch-port": "6511",
+                "broadcast-port": "6512",
+            }
+        ),
+        "zmq-router": types.MappingProxyType(
+            {
+                "enable": "yes",
+                "host": "localhost",
+                "protocol": "tcp",
+                "port": "6510",
+                "first-port": "6600",
+                "last-port": "6700",
+                "timeout": "1000",
+                "verbose": "0",
+                "process": "thread",
+                "allow-spawn": "yes",
+            }
+        ),
+    }
+)
+
+_PROTOCOLS = ("tcp", "ipc")
+_TRUE = ("yes", "true", "on", "1")
+_FALSE = ("no", "false", "off", "0")
+
+
+class ConfigWarning(UserWarning):
+    """A configuration file holds something we ignore (an unknown key)."""
+
+
+def _integer(text):
+    if isinstance(text, bool):
+        raise ValueError("not an integer")
+    if isinstance(text, int):
+        return text
+    try:
+        return int(str(text).strip(), 10)
+    except ValueError:
+        raise ValueError("not an integer") from None
+
+
+def _port(text):
+    value = _integer(text)
+    if not 1 <= value <= 65535:
+        raise ValueError("not a port number (1-65535)")
+    return value
+
+
+def _bindPort(text):
+    # 0 asks for an ephemeral port chosen when the socket binds.
+    value = _integer(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("not a port number (0-65535, 0 = ephemeral)")
+    return value
+
+
+def _timeout(text):
+    value = _integer(text)
+    if value <= 0:
+        raise ValueError("not a positive number of milliseconds")
+    return value
+
+
+def _verbose(text):
+    value = _integer(text)
+    if not 0 <= value <= 3:
+        raise ValueError("not a verbosity from 0 to 3")
+    return value
+
+
+def _boolean(text):
+    if isinstance(text, bool):
+        return text
+    word = str(text).strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ValueError("not a boolean (yes/no, true/false, on/off, 1/0)")
+
+
+def _protocol(text):
+    word = str(text).strip().lower()
+    if word not in _PROTOCOLS:
+        raise ValueError("not a protocol (%s)" % "/".join(_PROTOCOLS))
+    return word
+
+
+def _text(text):
+    word = str(text).strip()
+    if not word:
+        raise ValueError("empty")
+    return word
+
+
+_PARSERS = {
+    "zmq": {
+        "host": _text,
+        "protocol": _protocol,
+        "dispatch-port": _bindPort,
+        "broadcast-port": _bindPort,
+    },
+    "zmq-router": {
+        "enable": _boolean,
+        "host": _text,
+        "protocol": _protocol,
+        "port": _bindPort,
+        "first-port": _port,
+        "last-port": _port,
+        "timeout": _timeout,
+        "verbose": _verbose,
+        "process": _text,
+        "allow-spawn": _boolean,
+    },
+}
+
+
+def _address(protocol, host, port):
+    """A ZeroMQ endpoint; ipc has no ports, so the port becomes part of the name."""
+    if protocol == "ipc":
+        return "ipc://%s-%d" % (host, port)
+    return "%s://%s:%d" % (protocol, host, port)
+
+
+class Config:
+    """A validated, immutable configuration.
+
+    Build one with :func:`load` or :meth:`fromMapping`; values are typed
+    (ports are ints, flags are bools) so callers never parse strings.
+    """
+
+    __slots__ = ("_values", "_path", "_source")
+
+    def __init__(self, values, path=None, source="<defaults>"):
+        # Private: use load() or fromMapping(), which validate.
+        object.__setattr__(self, "_values", values)
+        object.__setattr__(self, "_path", path)
+        object.__setattr__(self, "_source", source)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("Config is immutable; use replace()")
+
+    def __delattr__(self, name):
+        raise AttributeError("Config is immutable; use replace()")
+
+    @classmethod
+    def fromMapping(cls, mapping=None, source="<mapping>", path=None):
+        """Build from ``{section: {key: value}}``; values may be strings, ints or bools.
+
+        Missing keys take their defaults; validation is the same as for a file.
+        """
+        raw = {section: dict(keys) for section, keys in DEFAULTS.items()}
+        for section, keys in (mapping or {}).items():
+            if section not in raw:
+                continue  # other tools may share the file
+            for key, value in keys.items():
+                if key not in raw[section]:
+                    warnings.warn(
+                        "%s: [%s] %s: unknown key, ignored" % (source, section, key),
+                        ConfigWarning,
+                        stacklevel=3,
+                    )
+                    continue
+                raw[section][key] = value
+        return cls(_validate(raw, source), path=path, source=source)
+
+    @property
+    def path(self):
+        """The file this came from, or None."""
+        return self._path
+
+    @property
+    def source(self):
+        """Where this came from, for messages: a path, ``<defaults>``, or a given name."""
+        return self._source
+
+    def get(self, section, key):
+        """The typed value of ``[section] key``; ConfigError if there is no such key."""
+        try:
+            keys = self._values[section]
+        except KeyError:
+            raise ConfigError("%s: unknown section [%s]" % (self._source, section)) from None
+        try:
+            return keys[key]
+        except KeyError:
+            raise ConfigError(
+                "%s: [%s] %s: unknown key" % (self._source, section, key)
+            ) from None
+
+    def replace(self, section, key, value):
+        """A new config with one value changed (validated); this one is untouched."""
+        self.get(section, key)
+        raw = {s: dict(keys) for s, keys in self._values.items()}
+        raw[section][key] = value
+        return Config(_validate(raw, self._source), path=self._path, source=self._source)
+
+    def asDict(self):
+        """A plain copy of every typed value, ``{section: {key: value}}``."""
+        return {section: dict(keys) for section, keys in self._values.items()}
+
+    def routerAddress(self):
+        """Where clients and dispatchers reach the router."""
+        r = self._values["zmq-router"]
+        return _address(r["protocol"], r["host"], r["port"])
+
+    def dispatchAddress(self):
+        """The dispatcher's command address from ``[zmq]`` (used without a router)."""
+        z = self._values["zmq"]
+        return _address(z["protocol"], z["host"], z["dispatch-port"])
+
+    def broadcastAddress(self):
+        """The dispatcher's broadcast address from ``[zmq]`` (used without a router)."""
+        z = self._values["zmq"]
+        return _address(z["protocol"], z["host"], z["broadcast-port"])
+
+    def timeoutSeconds(self):
+        """``[zmq-router] timeout`` in seconds, as Twisted timers want it."""
+        return self._values["zmq-router"]["timeout"] / 1000.0
+
+    def __eq__(self, other):
+        if not isinstance(other, Config):
+            return NotImplemented
+        return self._values == other._values
+
+    def __hash__(self):
+        return hash(tuple((s, tuple(sorted(k.items()))) for s, k in sorted(self._values.items())))
+
+    def __repr__(self):
+        return "<Config from %s>" % (self._source,)
+
+
+def _validate(raw, source):
+    """Parse every value of ``raw``; the first bad one raises ConfigError."""
+    values = {}
+    for section, parsers in _PARSERS.items():
+        values[section] = {}
+        for key, parse in parsers.items():
+            text = raw[section][key]
+            try:
+                values[section][key] = parse(text)
+            except ValueError as e:
+                raise ConfigError(
+                    "%s: [%s] %s = %r: %s" % (source, section, key, text, e)
+                ) from None
+    r = values["zmq-router"]
+    if r["first-port"] >= r["last-port"]:
+        raise ConfigError(
+            "%s: [zmq-router] first-port = %r: must be below last-port = %r"
+            % (source, r["first-port"], r["last-port"])
+        )
+    return types.MappingProxyType(
+        {s: types.MappingProxyType(k) for s, k in values.items()}
+    )
+
+
+def _readFile(path):
+    parser = configparser.ConfigParser(interpolation=None, default_section="\0none")
+    try:
+        with open(path, encoding="utf-8") as f:
+            parser.read_file(f, source=path)
+    except FileNotFoundError:
+        raise ConfigError("%s: configuration file not found" % (path,)) from None
+    except OSError as e:
+        raise ConfigError("%s: cannot read configuration file: %s" % (path, e.strerror)) from None
+    except (configparser.Error, UnicodeDecodeError) as e:
+        raise ConfigError("%s: not a valid INI file: %s" % (path, e)) from None
+    return {section: dict(parser.items(section)) for section in parser.sections()}
+
+
+def load(path=None):
+    """Load and validate a configuration.
+
+    ``path`` may be a file path, an already-loaded :class:`Config` (returned
+    unchanged), or None: then ``$CAULDRON_CONFIG`` names the file, and without
+    it the built-in defaults are used.  A file named but missing is an error,
+    never a silent fallback to defaults.
+    """
+    if isinstance(path, Config):
+        return path
+    if path is None:
+        path = os.environ.get(ENV_VAR) or None
+    if path is None:
+        return Config.fromMapping({}, source="<defaults>")
+    path = os.fspath(path)
+    return Config.fromMapping(_readFile(path), source=path, path=path)
+
+
+#: Anywhere a config is accepted, a path, None or a Config will do.
+coerce = load

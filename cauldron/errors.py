@@ -1,0 +1,120 @@
+"""One tree of exceptions for everything cauldron raises.
+
+Every error a dispatcher or router reports travels over the wire as the name
+of one of these classes plus its message, and is raised again on the client
+side as the same class (see :func:`errorFromName`).  Keep it one tree: callers
+catch :class:`CauldronError` to catch everything cauldron means to raise.
+"""
+
+__all__ = [
+    "CauldronError",
+    "ConfigError",
+    "KeywordError",
+    "UnknownKeyword",
+    "BadValue",
+    "ReadOnly",
+    "WriteOnly",
+    "HookError",
+    "ServiceError",
+    "UnknownService",
+    "ServiceUnavailable",
+    "RouterUnavailable",
+    "CauldronTimeout",
+    "ProtocolError",
+    "LeaseError",
+    "LeaseConflict",
+    "errorFromName",
+]
+
+
+class CauldronError(Exception):
+    """The root of every error cauldron raises on purpose."""
+
+
+class ConfigError(CauldronError):
+    """A configuration file or value is invalid (names file, section, key, value)."""
+
+
+class KeywordError(CauldronError):
+    """Something is wrong with a keyword or a value given to it."""
+
+
+class UnknownKeyword(KeywordError, KeyError):
+    """The service has no keyword of that name.
+
+    Also a :class:`KeyError`, as KTL users expect ``svc["NOPE"]`` to raise one.
+    """
+
+    def __str__(self):
+        # KeyError quotes its argument; keep the message readable instead.
+        return Exception.__str__(self)
+
+
+class BadValue(KeywordError, ValueError):
+    """A value was rejected: wrong type, unparsable, or out of range."""
+
+
+class ReadOnly(KeywordError):
+    """A write was attempted on a read-only keyword."""
+
+
+class WriteOnly(KeywordError):
+    """A read was attempted on a write-only keyword."""
+
+
+class HookError(KeywordError):
+    """A dispatcher hook (check, write, read...) raised an unexpected error."""
+
+
+class ServiceError(CauldronError):
+    """Something is wrong with a service as a whole."""
+
+
+class UnknownService(ServiceError):
+    """No dispatcher is registered for that service name."""
+
+
+class ServiceUnavailable(ServiceError):
+    """The service is known but its dispatcher does not answer (or stopped)."""
+
+
+class RouterUnavailable(ServiceError):
+    """The router did not answer at its configured address."""
+
+
+class CauldronTimeout(CauldronError, TimeoutError):
+    """A request got no answer before its deadline.
+
+    Also the builtin :class:`TimeoutError`, so KTL-style code can catch that.
+    """
+
+
+class ProtocolError(CauldronError):
+    """A message could not be decoded or broke the wire protocol."""
+
+
+class LeaseError(CauldronError):
+    """The router could not lease ports (for example: all ports are in use)."""
+
+
+class LeaseConflict(LeaseError):
+    """Another live dispatcher holds the service's lease; retry after it expires."""
+
+
+def _allErrors():
+    stack, found = [CauldronError], {}
+    while stack:
+        cls = stack.pop()
+        found[cls.__name__] = cls
+        stack.extend(cls.__subclasses__())
+    return found
+
+
+def errorFromName(name, message):
+    """Rebuild an error received over the wire.
+
+    An unknown or non-cauldron class name becomes a plain :class:`CauldronError`,
+    so a peer can never make us instantiate an arbitrary class.
+    """
+    cls = _allErrors().get(name, CauldronError)
+    return cls(message)

@@ -1,0 +1,287 @@
+"""Tests for cauldron.config: defaults, lookup order, validation, immutability."""
+
+import warnings
+
+import pytest
+
+from cauldron import config
+from cauldron.config import Config, ConfigWarning, load
+from cauldron.errors import CauldronError, ConfigError
+
+
+@pytest.fixture(autouse=True)
+def noEnvironment(monkeypatch):
+    """Tests must not depend on the developer's CAULDRON_CONFIG."""
+    monkeypatch.delenv("CAULDRON_CONFIG", raising=False)
+
+
+def writeConfig(tmp_path, text, name="config.ini"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+EXPECTED_DEFAULTS = {
+    ("zmq", "host"): "localhost",
+    ("zmq", "protocol"): "tcp",
+    ("zmq", "dispatch-port"): 6511,
+    ("zmq", "broadcast-port"): 6512,
+    ("zmq-router", "enable"): True,
+    ("zmq-router", "host"): "localhost",
+    ("zmq-router", "protocol"): "tcp",
+    ("zmq-router", "port"): 6510,
+    ("zmq-router", "first-port"): 6600,
+    ("zmq-router", "last-port"): 6700,
+    ("zmq-router", "timeout"): 1000,
+    ("zmq-router", "verbose"): 0,
+    ("zmq-router", "process"): "thread",
+    ("zmq-router", "allow-spawn"): True,
+}
+
+
+def test_defaults():
+    c = load()
+    assert c.path is None
+    for (section, key), value in EXPECTED_DEFAULTS.items():
+        got = c.get(section, key)
+        assert got == value and type(got) is type(value), (section, key)
+
+
+def test_exactlyTheSeedKeys():
+    c = load()
+    keys = {(s, k) for s, ks in c.asDict().items() for k in ks}
+    assert keys == set(EXPECTED_DEFAULTS)
+
+
+def test_addressHelpers():
+    c = load()
+    assert c.routerAddress() == "tcp://localhost:6510"
+    assert c.dispatchAddress() == "tcp://localhost:6511"
+    assert c.broadcastAddress() == "tcp://localhost:6512"
+    assert c.timeoutSeconds() == 1.0
+
+
+def test_ipcAddresses():
+    c = Config.fromMapping(
+        {
+            "zmq": {"protocol": "ipc", "host": "/tmp/cd"},
+            "zmq-router": {"protocol": "IPC", "host": "/tmp/rt"},
+        }
+    )
+    assert c.routerAddress() == "ipc:///tmp/rt-6510"
+    assert c.dispatchAddress() == "ipc:///tmp/cd-6511"
+    assert c.broadcastAddress() == "ipc:///tmp/cd-6512"
+
+
+def test_loadFile(tmp_path):
+    path = writeConfig(
+        tmp_path,
+        "[zmq]\nhost = example.org\ndispatch-port = 7001\n"
+        "[zmq-router]\nenable = No\ntimeout = 250\nverbose = 2\n",
+    )
+    c = load(path)
+    assert c.path == path
+    assert c.get("zmq", "host") == "example.org"
+    assert c.get("zmq", "dispatch-port") == 7001
+    assert c.get("zmq", "broadcast-port") == 6512
+    assert c.get("zmq-router", "enable") is False
+    assert c.get("zmq-router", "verbose") == 2
+    assert c.timeoutSeconds() == 0.25
+
+
+def test_pathLike(tmp_path):
+    path = tmp_path / "c.ini"
+    path.write_text("[zmq]\nhost = h\n")
+    assert load(path).get("zmq", "host") == "h"
+
+
+def test_environment(tmp_path, monkeypatch):
+    path = writeConfig(tmp_path, "[zmq-router]\nport = 7777\n")
+    monkeypatch.setenv("CAULDRON_CONFIG", path)
+    c = load()
+    assert c.path == path
+    assert c.routerAddress() == "tcp://localhost:7777"
+
+
+def test_argumentBeatsEnvironment(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAULDRON_CONFIG", writeConfig(tmp_path, "[zmq]\nhost = env\n", "e.ini"))
+    path = writeConfig(tmp_path, "[zmq]\nhost = arg\n", "a.ini")
+    assert load(path).get("zmq", "host") == "arg"
+
+
+def test_missingFileNamed(tmp_path):
+    path = str(tmp_path / "nope.ini")
+    with pytest.raises(ConfigError, match="nope.ini"):
+        load(path)
+
+
+def test_missingFileFromEnvironment(tmp_path, monkeypatch):
+    path = str(tmp_path / "gone.ini")
+    monkeypatch.setenv("CAULDRON_CONFIG", path)
+    with pytest.raises(ConfigError, match="gone.ini"):
+        load()
+
+
+def test_emptyEnvironmentMeansDefaults(monkeypatch):
+    monkeypatch.setenv("CAULDRON_CONFIG", "")
+    assert load() == load(None)
+
+
+def test_configPassthrough():
+    c = Config.fromMapping({"zmq": {"dispatch-port": 0}})
+    assert load(c) is c
+    assert config.coerce(c) is c
+
+
+def test_unparsable(tmp_path):
+    path = writeConfig(tmp_path, "this is not ini\n[zmq\n")
+    with pytest.raises(ConfigError, match="config.ini"):
+        load(path)
+
+
+def test_duplicateKeyIsUnparsable(tmp_path):
+    path = writeConfig(tmp_path, "[zmq]\nhost = a\nhost = b\n")
+    with pytest.raises(ConfigError, match="config.ini"):
+        load(path)
+
+
+def test_badValueNamesEverything(tmp_path):
+    path = writeConfig(tmp_path, "[zmq]\ndispatch-port = sixty\n")
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    message = str(info.value)
+    for part in (path, "[zmq]", "dispatch-port", "sixty", "not an integer"):
+        assert part in message
+    assert isinstance(info.value, CauldronError)
+
+
+@pytest.mark.parametrize(
+    "section, key, value",
+    [
+        ("zmq", "dispatch-port", "sixty"),
+        ("zmq", "dispatch-port", "-1"),
+        ("zmq", "broadcast-port", "65536"),
+        ("zmq", "broadcast-port", "1.5"),
+        ("zmq-router", "port", "70000"),
+        ("zmq-router", "first-port", "0"),
+        ("zmq-router", "last-port", "65536"),
+        ("zmq-router", "timeout", "0"),
+        ("zmq-router", "timeout", "-5"),
+        ("zmq-router", "timeout", "fast"),
+        ("zmq-router", "verbose", "4"),
+        ("zmq-router", "verbose", "-1"),
+        ("zmq-router", "enable", "maybe"),
+        ("zmq-router", "allow-spawn", "2"),
+        ("zmq", "protocol", "udp"),
+        ("zmq-router", "protocol", "inproc"),
+        ("zmq", "host", ""),
+        ("zmq-router", "process", " "),
+    ],
+)
+def test_badValues(tmp_path, section, key, value):
+    path = writeConfig(tmp_path, "[%s]\n%s = %s\n" % (section, key, value))
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    message = str(info.value)
+    assert path in message
+    assert "[%s] %s" % (section, key) in message
+    assert repr(value.strip()) in message or repr(value) in message
+
+
+@pytest.mark.parametrize("key", ["dispatch-port", "broadcast-port"])
+def test_zeroMeansEphemeral(key):
+    assert Config.fromMapping({"zmq": {key: "0"}}).get("zmq", key) == 0
+
+
+def test_routerPortZero():
+    c = Config.fromMapping({"zmq-router": {"port": 0}})
+    assert c.routerAddress() == "tcp://localhost:0"
+
+
+@pytest.mark.parametrize("first, last", [(6700, 6600), (6600, 6600)])
+def test_firstBelowLast(first, last):
+    with pytest.raises(ConfigError, match="first-port"):
+        Config.fromMapping({"zmq-router": {"first-port": first, "last-port": last}})
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("yes", True), ("YES", True), ("true", True), ("On", True), ("1", True),
+        ("no", False), ("False", False), ("off", False), ("0", False), ("nO", False),
+        (True, True), (False, False),
+    ],
+)
+def test_booleans(text, expected):
+    c = Config.fromMapping({"zmq-router": {"enable": text, "allow-spawn": text}})
+    assert c.get("zmq-router", "enable") is expected
+    assert c.get("zmq-router", "allow-spawn") is expected
+
+
+def test_boolIsNotAnInteger():
+    with pytest.raises(ConfigError, match="timeout"):
+        Config.fromMapping({"zmq-router": {"timeout": True}})
+
+
+def test_unknownKeyWarns(tmp_path):
+    path = writeConfig(tmp_path, "[zmq]\nhots = typo\n")
+    with pytest.warns(ConfigWarning, match="hots"):
+        c = load(path)
+    assert c.get("zmq", "host") == "localhost"
+    assert issubclass(ConfigWarning, UserWarning)
+
+
+def test_unknownSectionIgnored(tmp_path):
+    path = writeConfig(tmp_path, "[other-tool]\nanything = goes\n[DEFAULT]\nx = 1\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        c = load(path)
+    assert c == load()
+
+
+def test_getUnknown():
+    c = load()
+    with pytest.raises(ConfigError, match="nope"):
+        c.get("nope", "host")
+    with pytest.raises(ConfigError, match="nope"):
+        c.get("zmq", "nope")
+
+
+def test_fromMapping():
+    c = Config.fromMapping({"zmq": {"dispatch-port": "7000"}}, source="<test>")
+    assert c.get("zmq", "dispatch-port") == 7000
+    assert c.path is None
+    with pytest.raises(ConfigError, match="<test>: \\[zmq\\] dispatch-port"):
+        Config.fromMapping({"zmq": {"dispatch-port": "x"}}, source="<test>")
+
+
+def test_replace():
+    c = load()
+    d = c.replace("zmq", "dispatch-port", "7100")
+    assert d.get("zmq", "dispatch-port") == 7100
+    assert c.get("zmq", "dispatch-port") == 6511
+    assert d != c
+    with pytest.raises(ConfigError, match="verbose"):
+        c.replace("zmq-router", "verbose", 9)
+    with pytest.raises(ConfigError, match="nope"):
+        c.replace("zmq", "nope", 1)
+
+
+def test_replaceKeepsPath(tmp_path):
+    path = writeConfig(tmp_path, "[zmq]\n")
+    assert load(path).replace("zmq", "host", "h").path == path
+
+
+def test_immutable():
+    c = load()
+    with pytest.raises(AttributeError):
+        c.path = "x"
+    with pytest.raises(TypeError):
+        c._values["zmq"]["host"] = "x"  # read-only mappings inside
+    c.asDict()["zmq"]["host"] = "x"
+    assert c.get("zmq", "host") == "localhost"
+
+
+def test_equalAndHashable():
+    assert load() == load()
+    assert hash(load()) == hash(load())
