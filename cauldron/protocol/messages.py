@@ -1,0 +1,292 @@
+"""Every message cauldron sends, as immutable typed values.
+
+Three conversations use them:
+
+* client -> dispatcher (dispatch socket): :class:`Read`, :class:`Write`,
+  :class:`Describe`, :class:`ListKeywords`, :class:`Ping`; answered by
+  :class:`Value`, :class:`Description`, :class:`KeywordList`, :class:`Pong`
+  or :class:`Error`.
+* dispatcher -> subscribers (broadcast socket): :class:`Update` for each
+  value change and :class:`Heartbeat` every interval.
+* dispatcher or client -> router: :class:`Lease`, :class:`Register`,
+  :class:`Renew`, :class:`Release`, :class:`Locate`, :class:`ListServices`,
+  :class:`Ping`; answered by :class:`Leased`, :class:`Location`,
+  :class:`ServiceList`, :class:`Ok`, :class:`Pong` or :class:`Error`.
+
+Requests carry an ``id`` chosen by the sender; the reply carries it back so a
+client can match replies to requests (the transport routes replies by socket
+identity, never by this id).
+"""
+
+from typing import Any, Optional, Union
+
+import msgspec
+
+__all__ = [
+    "Read", "Write", "Describe", "ListKeywords", "Ping",
+    "Value", "Description", "KeywordList", "Pong", "Error", "Ok",
+    "Update", "Heartbeat",
+    "Lease", "Register", "Renew", "Release", "Locate", "ListServices",
+    "Leased", "Location", "ServiceEntry", "ServiceList",
+    "Message", "REQUESTS", "checkValue",
+]
+
+_SCALARS = (str, int, float, bool)
+
+
+def checkValue(value):
+    """Reject values a keyword can never hold, so decoding fails early.
+
+    A keyword value is None, a str/int/float/bool, or a flat list of
+    int/float (the array types).
+    """
+    if value is None or isinstance(value, _SCALARS):
+        return
+    if isinstance(value, list) and all(
+        isinstance(item, (int, float)) and not isinstance(item, bool) for item in value
+    ):
+        return
+    raise ValueError(f"not a keyword value: {type(value).__name__}")
+
+
+class _Message(msgspec.Struct, frozen=True, array_like=True, tag_field="op"):
+    """Base: frozen, encoded as a compact array led by the message tag."""
+
+
+# -- client -> dispatcher -------------------------------------------------
+
+
+class Read(_Message, tag="read"):
+    """Run the keyword's read path and answer its current value."""
+
+    id: int
+    keyword: str
+
+
+class Write(_Message, tag="write"):
+    """Write ``value`` (binary or ascii form) and answer once completed."""
+
+    id: int
+    keyword: str
+    value: Any
+
+    def __post_init__(self):
+        checkValue(self.value)
+
+
+class Describe(_Message, tag="describe"):
+    """Ask for keyword metadata and current values (all when ``keywords`` is None)."""
+
+    id: int
+    keywords: Optional[list[str]] = None
+
+
+class ListKeywords(_Message, tag="list"):
+    """Ask for the names of every keyword the service serves."""
+
+    id: int
+
+
+class Ping(_Message, tag="ping"):
+    """Is anyone there?  Answered by :class:`Pong` (dispatchers and the router)."""
+
+    id: int
+
+
+# -- dispatcher -> client -------------------------------------------------
+
+
+class Value(_Message, tag="value"):
+    """A keyword's value after a read or a completed write."""
+
+    id: int
+    keyword: str
+    binary: Any
+    ascii: str
+    sequence: int
+    timestamp: Optional[float]
+    epoch: str
+
+    def __post_init__(self):
+        checkValue(self.binary)
+
+
+class Description(_Message, tag="description"):
+    """Metadata of keywords: each entry is a keyword's ``describe()`` plus its value."""
+
+    id: int
+    service: str
+    epoch: str
+    keywords: list[dict[str, Any]]
+
+
+class KeywordList(_Message, tag="keywords"):
+    """The names of every keyword a service serves."""
+
+    id: int
+    service: str
+    names: list[str]
+
+
+class Pong(_Message, tag="pong"):
+    """Answer to :class:`Ping`: who answered, and since when (``epoch``)."""
+
+    id: int
+    service: str
+    epoch: str
+
+
+class Error(_Message, tag="error"):
+    """A request failed: ``error`` names a :mod:`cauldron.errors` class."""
+
+    id: int
+    error: str
+    message: str
+
+
+class Ok(_Message, tag="ok"):
+    """A request that needs no data back succeeded."""
+
+    id: int
+
+
+# -- dispatcher -> subscribers --------------------------------------------
+
+
+class Update(_Message, tag="update"):
+    """A keyword's new value, numbered per keyword by ``sequence`` within ``epoch``."""
+
+    service: str
+    keyword: str
+    binary: Any
+    ascii: str
+    sequence: int
+    timestamp: float
+    epoch: str
+
+    def __post_init__(self):
+        checkValue(self.binary)
+
+
+class Heartbeat(_Message, tag="heartbeat"):
+    """The dispatcher is alive.
+
+    ``sequences`` holds the latest sequence of every keyword that changed since
+    the previous heartbeat, so a subscriber that lost the tail of a burst (PUB
+    drops the newest messages at its high-water mark) notices and re-reads.
+    """
+
+    service: str
+    epoch: str
+    timestamp: float
+    interval: float
+    sequences: dict[str, int] = {}
+
+
+# -- dispatcher/client -> router ------------------------------------------
+
+
+class Lease(_Message, tag="lease"):
+    """Ask the router for a port pair; ``avoid`` lists ports found taken on ``host``."""
+
+    id: int
+    service: str
+    host: str
+    instance: str
+    avoid: list[int] = []
+
+
+class Register(_Message, tag="register"):
+    """Claim a port pair already bound (after a router restart, or fixed ports)."""
+
+    id: int
+    service: str
+    host: str
+    instance: str
+    dispatchPort: int
+    broadcastPort: int
+
+
+class Renew(_Message, tag="renew"):
+    """The dispatcher's heartbeat to the router: keep my lease alive."""
+
+    id: int
+    service: str
+    instance: str
+
+
+class Release(_Message, tag="release"):
+    """A dispatcher stopping cleanly gives its ports back."""
+
+    id: int
+    service: str
+    instance: str
+
+
+class Locate(_Message, tag="locate"):
+    """Where does ``service`` live?"""
+
+    id: int
+    service: str
+
+
+class ListServices(_Message, tag="services"):
+    """Which services does the router know?"""
+
+    id: int
+
+
+# -- router -> dispatcher/client ------------------------------------------
+
+
+class Leased(_Message, tag="leased"):
+    """A granted or renewed lease; it lasts ``ttl`` seconds without renewal."""
+
+    id: int
+    service: str
+    host: str
+    dispatchPort: int
+    broadcastPort: int
+    ttl: float
+
+
+class Location(_Message, tag="location"):
+    """Where a service's dispatcher listens."""
+
+    id: int
+    service: str
+    host: str
+    dispatchAddress: str
+    broadcastAddress: str
+
+
+class ServiceEntry(msgspec.Struct, frozen=True, array_like=True):
+    """One line of :class:`ServiceList`; ``age`` is seconds since the last renewal."""
+
+    service: str
+    host: str
+    dispatchPort: int
+    broadcastPort: int
+    age: float
+
+
+class ServiceList(_Message, tag="servicelist"):
+    """Every live service the router knows."""
+
+    id: int
+    services: list[ServiceEntry]
+
+
+Message = Union[
+    Read, Write, Describe, ListKeywords, Ping,
+    Value, Description, KeywordList, Pong, Error, Ok,
+    Update, Heartbeat,
+    Lease, Register, Renew, Release, Locate, ListServices,
+    Leased, Location, ServiceList,
+]
+
+#: Messages that expect a reply carrying the same ``id``.
+REQUESTS = (
+    Read, Write, Describe, ListKeywords, Ping,
+    Lease, Register, Renew, Release, Locate, ListServices,
+)
