@@ -1,0 +1,560 @@
+"""The Deferred client: find services, then read, write and monitor keywords.
+
+A :class:`ClientService` is a Twisted service; add it to your application or
+start it yourself.  ``client.service("demo")`` fires with a
+:class:`RemoteService` whose keywords (:class:`RemoteKeyword`) know their
+type and metadata from the dispatcher's ``describe`` answer.
+
+Every request has a deadline.  Monitors are gap-free: they subscribe first,
+then read a snapshot, then drop broadcasts older than the snapshot; a gap in
+the per-keyword sequence numbers or a heartbeat announcing a newer sequence
+triggers a re-read.  A dispatcher that misses three heartbeats is reported
+disconnected; when it is heard again its monitors are primed again.
+"""
+
+from collections import namedtuple
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from cauldron import config as _config
+from cauldron import keywords as _keywords
+from cauldron.errors import (
+    BadValue,
+    CauldronError,
+    ProtocolError,
+    ServiceUnavailable,
+    UnknownKeyword,
+    UnknownService,
+)
+from cauldron.protocol import codec
+from cauldron.protocol.messages import (
+    Describe,
+    Heartbeat,
+    Read,
+    Update,
+    Write,
+    checkValue,
+)
+from cauldron.requests import RequestChannel
+from cauldron.transport import Transport, bindAddress
+
+__all__ = ["ClientService", "RemoteService", "RemoteKeyword", "KeywordValue", "Subscription"]
+
+log = Logger()
+
+#: missed heartbeats after which a dispatcher is reported disconnected
+LIVENESS = 3
+DEFAULT_HEARTBEAT = 1.0
+
+KeywordValue = namedtuple("KeywordValue", "name binary ascii sequence timestamp epoch")
+KeywordValue.__doc__ = "One value of a keyword, as the dispatcher published it."
+
+
+class ClientService(service.Service):
+    """Talks to dispatchers (found directly or through the router).
+
+    :param config: a path, a loaded :class:`cauldron.config.Config` or None.
+    :param timeout: default deadline of every request, in seconds.
+    """
+
+    def __init__(self, config=None, reactor=None, timeout=5.0):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.config = _config.load(config)
+        self.reactor = reactor
+        self.timeout = timeout
+        self._transport = None
+        self._services = {}
+        self._connecting = {}
+        self._locator = None
+
+    def startService(self):
+        super().startService()
+        self._transport = Transport(self.reactor)
+        if self.config.get("zmq-router", "enable"):
+            from cauldron.routerlink import Locator
+
+            self._locator = Locator(self.config, self._transport, self.timeout)
+
+    def stopService(self):
+        super().stopService()
+        for pending in list(self._connecting.values()):
+            pending.cancel()
+        for remote in list(self._services.values()):
+            remote.close()
+        self._services.clear()
+        if self._locator is not None:
+            self._locator.close()
+            self._locator = None
+        if self._transport is not None:
+            self._transport.shutdown()
+            self._transport = None
+        return defer.succeed(None)
+
+    def service(self, name):
+        """A Deferred firing with the :class:`RemoteService` called ``name``."""
+        if self._transport is None:
+            return defer.fail(ServiceUnavailable("the client service is not running"))
+        name = name.lower()
+        if name in self._services:
+            return defer.succeed(self._services[name])
+        if name not in self._connecting:
+            pending = self._locate(name)
+            pending.addCallback(self._connectService, name)
+            pending.addBoth(self._connected, name)
+            self._connecting[name] = pending
+        mine = defer.Deferred()
+        self._connecting[name].addBoth(_passTo(mine))
+        return mine
+
+    def _locate(self, name):
+        """``(dispatchAddress, broadcastAddress)`` of service ``name``."""
+        if self._locator is not None:
+            return self._locator.locate(name)
+        protocol, host = self.config.get("zmq", "protocol"), self.config.get("zmq", "host")
+        return defer.succeed((
+            bindAddress(protocol, host, self.config.get("zmq", "dispatch-port")),
+            bindAddress(protocol, host, self.config.get("zmq", "broadcast-port")),
+        ))
+
+    def _connectService(self, addresses, name):
+        remote = RemoteService(self, name, *addresses)
+        d = remote.load()
+        d.addErrback(_closeAndFail, remote)
+        return d
+
+    def _connected(self, result, name):
+        self._connecting.pop(name, None)
+        if isinstance(result, RemoteService):
+            if self.running:
+                self._services[name] = result
+            else:
+                result.close()
+        return result
+
+
+def _passTo(d):
+    """Copy a shared result into one caller's own Deferred (never share one)."""
+    def passOn(result):
+        if isinstance(result, Failure):
+            d.errback(result)
+        else:
+            d.callback(result)
+        return result
+    return passOn
+
+
+def _closeAndFail(failure, remote):
+    remote.close()
+    return failure
+
+
+class RemoteService:
+    """A service as seen from a client: its keywords and its liveness.
+
+    :ivar connected: False while the dispatcher misses its heartbeats.
+    :ivar epoch: identifies the dispatcher's current run; a restart changes it.
+    """
+
+    def __init__(self, client, name, dispatchAddress, broadcastAddress):
+        self.name = name
+        self.dispatchAddress = dispatchAddress
+        self.broadcastAddress = broadcastAddress
+        self.connected = False
+        self.epoch = None
+        self.heartbeatInterval = DEFAULT_HEARTBEAT
+        self._client = client
+        self._reactor = client.reactor
+        self._keywords = {}
+        self._staleEpochs = set()
+        self._stateCallbacks = []
+        self._lastHeard = self._reactor.seconds()
+        self._closed = False
+        transport = client._transport
+        self._transport = transport
+        self._channel = RequestChannel(
+            transport, dispatchAddress, f"service {name!r} at {dispatchAddress}",
+            client.timeout,
+        )
+        self._subscriber = transport.subscriber(self._received)
+        self._subscriber.connect(broadcastAddress)
+        self._subscriber.subscribe(codec.HEARTBEAT_TOPIC)
+        self._watchdog = task.LoopingCall(self._checkLiveness)
+        self._watchdog.clock = self._reactor
+
+    # -- setup and teardown
+
+    def load(self):
+        """Describe every keyword; fires with self once known."""
+        d = self.request(lambda i: Describe(i, None), "describe")
+        d.addCallback(self._described)
+        return d
+
+    def _described(self, description):
+        if description.service != self.name:
+            raise UnknownService(
+                f"no service {self.name!r} at {self.dispatchAddress} "
+                f"(the dispatcher there serves {description.service!r})"
+            )
+        self._noteEpoch(description.epoch)
+        for info in description.keywords:
+            keyword = RemoteKeyword(self, info)
+            self._keywords[keyword.name] = keyword
+        self._heard()
+        self._watchdog.start(self.heartbeatInterval, now=False)
+        return self
+
+    def close(self):
+        """Stop monitoring, cancel pending requests, close the sockets."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._watchdog.running:
+            self._watchdog.stop()
+        self._channel.close()
+        self._transport.close(self._subscriber)
+
+    # -- keywords
+
+    def keywords(self):
+        """The names of every keyword the service serves, sorted."""
+        return sorted(self._keywords)
+
+    def __getitem__(self, name):
+        try:
+            return self._keywords[name.upper()]
+        except KeyError:
+            raise UnknownKeyword(
+                f"service {self.name!r} has no keyword {name.upper()!r}"
+            ) from None
+
+    def __contains__(self, name):
+        return name.upper() in self._keywords
+
+    def __iter__(self):
+        return iter(self[name] for name in self.keywords())
+
+    def describe(self, names=None):
+        """Fresh metadata and values: a Deferred firing with a list of dicts."""
+        names = None if names is None else [self[n].name for n in names]
+        d = self.request(lambda i: Describe(i, names), "describe")
+        d.addCallback(lambda description: description.keywords)
+        return d
+
+    # -- requests and liveness
+
+    def request(self, makeMessage, what, timeout=None):
+        """Send a request to the dispatcher; a Deferred with the reply message."""
+        if self._closed:
+            return defer.fail(ServiceUnavailable(f"service {self.name!r}: connection closed"))
+        try:
+            return self._channel.request(makeMessage, f"{self.name}: {what}", timeout)
+        except CauldronError as e:
+            return defer.fail(e)
+
+    def addStateCallback(self, callback):
+        """Call ``callback(remoteService)`` whenever :attr:`connected` changes."""
+        self._stateCallbacks.append(callback)
+
+    def removeStateCallback(self, callback):
+        if callback in self._stateCallbacks:
+            self._stateCallbacks.remove(callback)
+
+    def _received(self, frames):
+        try:
+            message = codec.decodeBroadcast(frames)
+        except ProtocolError:
+            self._channel.malformed += 1
+            return
+        if message.service != self.name or message.epoch in self._staleEpochs:
+            return
+        self._noteEpoch(message.epoch)
+        if isinstance(message, Heartbeat):
+            self.heartbeatInterval = message.interval
+            self._heard()
+            self._checkSequences(message.sequences)
+        elif isinstance(message, Update):
+            keyword = self._keywords.get(message.keyword)
+            if keyword is not None:
+                keyword._broadcast(KeywordValue(
+                    message.keyword, message.binary, message.ascii,
+                    message.sequence, message.timestamp, message.epoch,
+                ))
+
+    def _noteEpoch(self, epoch):
+        if epoch == self.epoch:
+            return
+        restarted = self.epoch is not None
+        if restarted:
+            self._staleEpochs.add(self.epoch)
+        self.epoch = epoch
+        if restarted:
+            log.info("service {name} restarted (epoch {epoch})", name=self.name, epoch=epoch)
+            self._reprime()
+
+    def _heard(self):
+        self._lastHeard = self._reactor.seconds()
+        if not self.connected:
+            wasKnown = self.epoch is not None and self._keywords
+            self._setConnected(True)
+            if wasKnown:
+                self._reprime()
+
+    def _checkLiveness(self):
+        silence = self._reactor.seconds() - self._lastHeard
+        if self.connected and silence > LIVENESS * self.heartbeatInterval:
+            log.warn("service {name} missed {n} heartbeats: disconnected",
+                     name=self.name, n=LIVENESS)
+            self._setConnected(False)
+            self._channel.failAll(ServiceUnavailable(
+                f"service {self.name!r} at {self.dispatchAddress} stopped answering"
+            ))
+            self._channel.reset()
+
+    def _setConnected(self, connected):
+        self.connected = connected
+        for callback in list(self._stateCallbacks):
+            try:
+                callback(self)
+            except Exception:
+                log.failure("state callback {cb!r} failed", cb=callback)
+
+    def _reprime(self):
+        for keyword in self._keywords.values():
+            if keyword.monitored:
+                keyword._refresh()
+
+    def _checkSequences(self, sequences):
+        for name, sequence in sequences.items():
+            keyword = self._keywords.get(name)
+            if keyword is not None and keyword.monitored and keyword.isBehind(sequence):
+                keyword._refresh()
+
+
+class RemoteKeyword:
+    """A keyword of a remote service.
+
+    :ivar info: the keyword's metadata from ``describe``.
+    :ivar latest: the newest :class:`KeywordValue` seen, or None.
+    """
+
+    def __init__(self, remote, info):
+        self.service = remote
+        self.info = info
+        self.name = info["name"]
+        try:
+            self.type = _keywords.fromDescription(info)
+        except CauldronError:
+            self.type = _keywords.Basic(self.name)
+        self.latest = None
+        self._subscriptions = []
+        self._subscribed = False
+        if info.get("sequence"):
+            self._accept(KeywordValue(
+                self.name, info.get("binary"), info.get("ascii", ""),
+                info["sequence"], info.get("timestamp"), remote.epoch,
+            ))
+
+    def __repr__(self):
+        return f"<RemoteKeyword {self.service.name}.{self.name}>"
+
+    @property
+    def monitored(self):
+        return bool(self._subscriptions)
+
+    # -- read and write
+
+    def read(self, binary=False, both=False, timeout=None):
+        """A Deferred with the current value: ascii, binary, or ``(binary, ascii)``."""
+        d = self._read(timeout)
+        d.addCallback(_select, binary, both)
+        return d
+
+    def _read(self, timeout=None):
+        d = self.service.request(lambda i: Read(i, self.name), f"read {self.name}", timeout)
+        d.addCallback(self._replied)
+        return d
+
+    def write(self, value, timeout=None):
+        """Write ``value``; fires with the new ascii value once the dispatcher completed it.
+
+        A write is sent once and never retried: after a timeout its outcome is
+        unknown.
+        """
+        if isinstance(value, tuple):
+            value = list(value)
+        try:
+            checkValue(value)
+        except ValueError:
+            return defer.fail(BadValue(f"{self.name}: cannot send {value!r}"))
+        d = self.service.request(
+            lambda i: Write(i, self.name, value), f"write {self.name}", timeout
+        )
+        d.addCallback(self._replied)
+        d.addCallback(lambda kv: kv.ascii)
+        return d
+
+    def _replied(self, reply):
+        value = KeywordValue(
+            reply.keyword, reply.binary, reply.ascii, reply.sequence, reply.timestamp, reply.epoch
+        )
+        self._accept(value)
+        return value
+
+    # -- ordering
+
+    def _isNewer(self, value, than):
+        if than is None:
+            return True
+        if value.epoch != than.epoch:
+            return value.epoch == self.service.epoch
+        return value.sequence > than.sequence
+
+    def isBehind(self, sequence):
+        """True if the dispatcher announced a sequence we have not seen."""
+        return self.latest is None or sequence > self.latest.sequence
+
+    def _accept(self, value):
+        if not self._isNewer(value, self.latest):
+            return False
+        self.latest = value
+        for subscription in list(self._subscriptions):
+            subscription._offer(value)
+        return True
+
+    def _broadcast(self, value):
+        gap = (
+            self.latest is not None
+            and value.epoch == self.latest.epoch
+            and value.sequence > self.latest.sequence + 1
+        )
+        self._accept(value)
+        if gap:
+            self._refresh()
+
+    def _refresh(self):
+        """Re-read after a gap, a restart or a reconnection (errors are only logged)."""
+        d = self._read()
+        d.addErrback(lambda f: log.info("re-reading {kw} failed: {why}", kw=self,
+                                        why=f.getErrorMessage()))
+
+    # -- monitoring
+
+    def monitor(self, callback, prime=True):
+        """Call ``callback(KeywordValue)`` for the current value, then every change.
+
+        Fires with a :class:`Subscription` (``.stop()`` ends it) once primed.
+        """
+        subscription = Subscription(self, callback, prime)
+        self._subscriptions.append(subscription)
+        if not self._subscribed:
+            self.service._subscriber.subscribe(codec.topicFor(self.name))
+            self._subscribed = True
+        if not prime:
+            return defer.succeed(subscription)
+        d = self._read()
+        d.addCallbacks(subscription._primed, subscription._failed)
+        return d
+
+    def _unsubscribe(self, subscription):
+        if subscription in self._subscriptions:
+            self._subscriptions.remove(subscription)
+        if not self._subscriptions and self._subscribed:
+            self._subscribed = False
+            if not self.service._closed:
+                self.service._subscriber.unsubscribe(codec.topicFor(self.name))
+
+    def waitFor(self, predicate, timeout):
+        """Fires True once ``predicate(KeywordValue)`` holds, False after ``timeout`` s."""
+        result = defer.Deferred()
+        holder = {}
+
+        def finish(outcome):
+            if result.called:
+                return
+            timer = holder.get("timer")
+            if timer is not None and timer.active():
+                timer.cancel()
+            if "subscription" in holder:
+                holder["subscription"].stop()
+            if isinstance(outcome, Exception):
+                result.errback(outcome)
+            else:
+                result.callback(outcome)
+
+        def check(value):
+            try:
+                if predicate(value):
+                    finish(True)
+            except Exception as e:
+                finish(e)
+
+        holder["timer"] = self.service._reactor.callLater(timeout, finish, False)
+        d = self.monitor(check, prime=True)
+
+        def subscribed(subscription):
+            holder["subscription"] = subscription
+            if result.called:
+                subscription.stop()
+
+        d.addCallbacks(subscribed, lambda f: finish(f.value))
+        return result
+
+
+class Subscription:
+    """One monitor of one keyword; values reach ``callback`` in sequence order."""
+
+    def __init__(self, keyword, callback, prime):
+        self.keyword = keyword
+        self.callback = callback
+        self.active = True
+        self._priming = prime
+        self._buffer = []
+        self._last = None
+
+    def stop(self):
+        """No more callbacks."""
+        if self.active:
+            self.active = False
+            self.keyword._unsubscribe(self)
+
+    def _offer(self, value):
+        if not self.active:
+            return
+        if self._priming:
+            self._buffer.append(value)
+        else:
+            self._deliver(value)
+
+    def _deliver(self, value):
+        if not self.keyword._isNewer(value, self._last):
+            return
+        self._last = value
+        try:
+            self.callback(value)
+        except Exception:
+            log.failure("monitor callback {cb!r} of {kw} failed", cb=self.callback,
+                        kw=self.keyword.name)
+
+    def _primed(self, snapshot):
+        self._priming = False
+        buffered, self._buffer = self._buffer, []
+        if self.active:
+            self._deliver(snapshot)
+            for value in buffered:
+                self._deliver(value)
+        return self
+
+    def _failed(self, failure):
+        self.stop()
+        return failure
+
+
+def _select(value, binary, both):
+    if both:
+        return (value.binary, value.ascii)
+    return value.binary if binary else value.ascii
+

@@ -1,0 +1,461 @@
+"""The dispatcher: owns a service's keywords and serves them over ZeroMQ.
+
+A :class:`DispatcherService` answers commands on its dispatch socket (a
+ROUTER: replies go back to the socket identity that asked) and publishes
+every value change, plus a heartbeat, on its broadcast socket (a PUB).
+
+Writes run check -> prewrite -> write -> postwrite exactly once and are
+answered after they complete; any hook may return a Deferred.  Writes to one
+keyword are queued in arrival order, while other keywords keep answering.
+"""
+
+import os
+import time
+import uuid
+from collections import deque
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from cauldron import config as _config
+from cauldron.errors import (
+    BadValue,
+    CauldronError,
+    HookError,
+    ProtocolError,
+    ReadOnly,
+    UnknownKeyword,
+    WriteOnly,
+)
+from cauldron.protocol import codec
+from cauldron.protocol.messages import (
+    Describe,
+    Description,
+    Error,
+    Heartbeat,
+    KeywordList,
+    ListKeywords,
+    Ping,
+    Pong,
+    Read,
+    Update,
+    Value,
+    Write,
+)
+from cauldron.transport import Transport, bindAddress
+
+__all__ = ["DispatcherService", "describeWithValue", "errorReply"]
+
+log = Logger()
+
+MALFORMED_LOG_INTERVAL = 1.0
+
+
+def describeWithValue(keyword):
+    """A keyword's metadata plus its current value, as sent by ``describe``."""
+    info = keyword.describe()
+    info.update(
+        binary=keyword.value,
+        ascii=keyword.ascii,
+        sequence=keyword.sequence,
+        timestamp=keyword.timestamp,
+    )
+    return info
+
+
+def errorReply(requestId, error):
+    """The :class:`Error` message for an exception raised while serving a request."""
+    if isinstance(error, CauldronError):
+        return Error(requestId, type(error).__name__, str(error))
+    if isinstance(error, (ValueError, TypeError)):
+        return Error(requestId, "BadValue", str(error))
+    return Error(requestId, "HookError", f"{type(error).__name__}: {error}")
+
+
+class _RateLimitedCounter:
+    """Counts bad input and logs at most once per interval, so floods cost nothing."""
+
+    def __init__(self, what, clock):
+        self.what = what
+        self.count = 0
+        self._clock = clock
+        self._lastLog = None
+        self._sinceLog = 0
+
+    def __call__(self, reason):
+        self.count += 1
+        self._sinceLog += 1
+        now = self._clock.seconds()
+        if self._lastLog is None or now - self._lastLog >= MALFORMED_LOG_INTERVAL:
+            log.warn(
+                "ignored {n} {what} (latest: {reason}); {total} in all",
+                n=self._sinceLog, what=self.what, reason=reason, total=self.count,
+            )
+            self._lastLog = now
+            self._sinceLog = 0
+
+
+class DispatcherService(service.Service):
+    """Serve the keywords of service ``name``.
+
+    :param keywords: keyword objects (:mod:`cauldron.keywords`) to serve.
+    :param setup: ``setup(dispatcher)`` called once at construction to create
+        and add more keywords (see :meth:`addKeyword`).
+    :param config: a path, a loaded :class:`cauldron.config.Config` or None.
+    :param reactor: the reactor to run on (defaults to the global one).
+    :param heartbeatInterval: seconds between heartbeats on the broadcast
+        channel and lease renewals with the router.
+    """
+
+    def __init__(
+        self, name, config=None, keywords=(), setup=None, reactor=None, heartbeatInterval=1.0
+    ):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.name = name.lower()
+        self.config = _config.load(config)
+        self.reactor = reactor
+        self.heartbeatInterval = heartbeatInterval
+        self.epoch = f"{os.getpid():x}-{uuid.uuid4().hex[:12]}"
+        self.dispatchAddress = None
+        self.broadcastAddress = None
+        self.malformed = _RateLimitedCounter("malformed messages", reactor)
+        self._keywords = {}
+        self._periods = {}
+        self._writeQueues = {}
+        self._changed = {}
+        self._transport = None
+        self._router = None
+        self._publisher = None
+        self._heartbeat = None
+        self._ready = None
+        self._readyWaiters = []
+        for keyword in keywords:
+            self.addKeyword(keyword)
+        if setup is not None:
+            setup(self)
+
+    # -- keywords
+
+    def addKeyword(self, keyword):
+        """Serve ``keyword``; a second keyword of the same name is an error."""
+        if keyword.name in self._keywords:
+            raise BadValue(f"{self.name}: duplicate keyword {keyword.name}")
+        if keyword.service is not None and keyword.service is not self:
+            raise BadValue(f"{keyword.name} already belongs to service {keyword.service.name}")
+        self._keywords[keyword.name] = keyword
+        keyword.service = self
+        keyword.addListener(self._publish)
+        if keyword.periodSeconds is not None:
+            self.schedulePeriod(keyword, keyword.periodSeconds)
+        return keyword
+
+    def __getitem__(self, name):
+        try:
+            return self._keywords[name.upper()]
+        except KeyError:
+            raise UnknownKeyword(f"service {self.name!r} has no keyword {name.upper()!r}") from None
+
+    def __contains__(self, name):
+        return name.upper() in self._keywords
+
+    def __iter__(self):
+        return iter(self._keywords[name] for name in self.keywords())
+
+    def keywords(self):
+        """The names of every keyword served, sorted."""
+        return sorted(self._keywords)
+
+    def schedulePeriod(self, keyword, seconds):
+        """Run ``keyword``'s read path every ``seconds`` while the service runs."""
+        old = self._periods.pop(keyword.name, None)
+        if old is not None and old.running:
+            old.stop()
+        loop = task.LoopingCall(self._periodicRead, keyword)
+        loop.clock = self.reactor
+        loop.interval = seconds
+        self._periods[keyword.name] = loop
+        if self.running:
+            loop.start(seconds, now=True)
+
+    def _periodicRead(self, keyword):
+        d = self._readPath(keyword)
+        d.addErrback(
+            lambda f: log.failure("periodic read of {kw} failed", f, kw=keyword.name)
+        )
+        # Never hand a Deferred back to LoopingCall: a slow read must not stop
+        # the loop, and a failed one must not end it.
+
+    # -- lifecycle
+
+    def whenReady(self):
+        """A Deferred firing with ``(dispatchAddress, broadcastAddress)`` once
+        serving, or failing with the reason the service could not start."""
+        d = defer.Deferred()
+        if self._ready is not None:
+            self._fireReady(d)
+        else:
+            self._readyWaiters.append(d)
+        return d
+
+    def _fireReady(self, d):
+        if isinstance(self._ready, Exception):
+            d.errback(self._ready)
+        else:
+            d.callback(self._ready)
+
+    def _setReady(self, result):
+        self._ready = result
+        waiters, self._readyWaiters = self._readyWaiters, []
+        for d in waiters:
+            self._fireReady(d)
+
+    def startService(self):
+        super().startService()
+        self._ready = None
+        self._transport = Transport(self.reactor)
+        for keyword in self._keywords.values():
+            try:
+                keyword.begin()
+            except (CauldronError, ValueError) as e:
+                log.error("{kw}: bad initial value: {e}", kw=keyword.name, e=e)
+        if self.config.get("zmq-router", "enable"):
+            from cauldron.routerlink import RouterLink
+
+            self._router = RouterLink(self, self._transport, self.reactor)
+            d = self._router.start()
+        else:
+            d = defer.maybeDeferred(self._bindDirect)
+        d.addCallbacks(self._started, self._failedToStart)
+
+    def _bindDirect(self):
+        protocol = self.config.get("zmq", "protocol")
+        host = self.config.get("zmq", "host")
+        return self.bind(
+            bindAddress(protocol, host, self.config.get("zmq", "dispatch-port")),
+            bindAddress(protocol, host, self.config.get("zmq", "broadcast-port")),
+        )
+
+    def bind(self, dispatchAddress, broadcastAddress):
+        """Bind both sockets; raises :class:`cauldron.transport.AddressInUse`.
+
+        Used by the router link, which may retry with other ports.
+        """
+        router = self._transport.router(self._received)
+        try:
+            dispatch = router.bind(dispatchAddress)
+            publisher = self._transport.publisher()
+            try:
+                broadcast = publisher.bind(broadcastAddress)
+            except Exception:
+                self._transport.close(publisher)
+                raise
+        except Exception:
+            self._transport.close(router)
+            raise
+        self._routerSocket, self._publisher = router, publisher
+        self.dispatchAddress, self.broadcastAddress = dispatch, broadcast
+        return dispatch, broadcast
+
+    def _started(self, addresses):
+        if not self.running:
+            return
+        self._heartbeat = task.LoopingCall(self._beat)
+        self._heartbeat.clock = self.reactor
+        self._heartbeat.start(self.heartbeatInterval, now=True)
+        for loop in self._periods.values():
+            if not loop.running:
+                loop.start(loop.interval, now=True)
+        log.info(
+            "dispatcher {name} serving {n} keywords: dispatch {dispatch}, broadcast {broadcast}",
+            name=self.name, n=len(self._keywords),
+            dispatch=addresses[0], broadcast=addresses[1],
+        )
+        self._setReady(addresses)
+
+    def _failedToStart(self, failure):
+        log.error("dispatcher {name} could not start: {why}", name=self.name,
+                  why=failure.getErrorMessage())
+        self._setReady(failure.value)
+
+    def stopService(self):
+        super().stopService()
+        for loop in self._periods.values():
+            if loop.running:
+                loop.stop()
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
+        self._heartbeat = None
+        d = defer.succeed(None)
+        if self._router is not None:
+            d = self._router.stop()
+            self._router = None
+        d.addBoth(self._closeTransport)
+        return d
+
+    def _closeTransport(self, _):
+        if self._transport is not None:
+            self._transport.shutdown()
+            self._transport = None
+        self._publisher = None
+        self.dispatchAddress = self.broadcastAddress = None
+
+    # -- broadcasting
+
+    def _publish(self, keyword):
+        self._changed[keyword.name] = keyword.sequence
+        if self._publisher is None:
+            return
+        update = Update(
+            self.name, keyword.name, keyword.value, keyword.ascii,
+            keyword.sequence, keyword.timestamp, self.epoch,
+        )
+        self._publisher.send(codec.encodeBroadcast(update))
+
+    def _beat(self):
+        changed, self._changed = self._changed, {}
+        if self._publisher is not None:
+            beat = Heartbeat(
+                self.name, self.epoch, time.time(), self.heartbeatInterval, changed
+            )
+            self._publisher.send(codec.encodeBroadcast(beat))
+        if self._router is not None:
+            self._router.beat()
+
+    def broadcast(self):
+        """Publish every keyword's current value again (e.g. after a restart)."""
+        for keyword in self._keywords.values():
+            if keyword.value is not None:
+                self._publish(keyword)
+
+    # -- serving requests
+
+    def _received(self, identity, frames):
+        try:
+            request = codec.decode(frames)
+        except ProtocolError as e:
+            self.malformed(str(e))
+            return
+        handler = self._handlers.get(type(request))
+        if handler is None:
+            self.malformed(f"unexpected {type(request).__name__}")
+            self._reply(identity, Error(getattr(request, "id", 0), "ProtocolError",
+                                        f"a dispatcher does not answer {type(request).__name__}"))
+            return
+        try:
+            result = handler(self, request)
+        except Exception as e:
+            self._reply(identity, errorReply(request.id, e))
+            return
+        if isinstance(result, defer.Deferred):
+            result.addCallbacks(
+                lambda reply: self._reply(identity, reply),
+                lambda f: self._reply(identity, errorReply(request.id, f.value)),
+            )
+            result.addErrback(lambda f: log.failure("replying to {r}", f, r=request))
+        else:
+            self._reply(identity, result)
+
+    def _reply(self, identity, message):
+        router = getattr(self, "_routerSocket", None)
+        if router is None or router.closed:
+            return
+        if not router.sendTo(identity, codec.encode(message)):
+            log.debug("reply to a departed client dropped: {m}", m=message)
+
+    def _valueReply(self, requestId, keyword):
+        return Value(
+            requestId, keyword.name, keyword.value, keyword.ascii,
+            keyword.sequence, keyword.timestamp, self.epoch,
+        )
+
+    def _handleRead(self, request):
+        keyword = self[request.keyword]
+        if keyword.writeonly:
+            raise WriteOnly(f"{self.name}.{keyword.name} is write-only")
+        d = self._readPath(keyword)
+        d.addCallback(lambda _: self._valueReply(request.id, keyword))
+        return d
+
+    def _handleWrite(self, request):
+        keyword = self[request.keyword]
+        if keyword.readonly:
+            raise ReadOnly(f"{self.name}.{keyword.name} is read-only")
+        binary = keyword.toBinary(request.value)
+        queue = self._writeQueues.setdefault(keyword.name, deque())
+        done = defer.Deferred()
+        queue.append((binary, done))
+        if len(queue) == 1:
+            self._runNextWrite(keyword, queue)
+        done.addCallback(lambda _: self._valueReply(request.id, keyword))
+        return done
+
+    def _runNextWrite(self, keyword, queue):
+        """Run the oldest queued write of ``keyword``; the next starts when it ends."""
+        binary, done = queue[0]
+
+        def advance(result):
+            queue.popleft()
+            if queue:
+                self._runNextWrite(keyword, queue)
+            else:
+                self._writeQueues.pop(keyword.name, None)
+            return result
+
+        self._writePath(keyword, binary).addBoth(advance).chainDeferred(done)
+
+    def _handleDescribe(self, request):
+        names = self.keywords() if request.keywords is None else request.keywords
+        keywords = [describeWithValue(self[name]) for name in names]
+        return Description(request.id, self.name, self.epoch, keywords)
+
+    def _handleList(self, request):
+        return KeywordList(request.id, self.name, self.keywords())
+
+    def _handlePing(self, request):
+        return Pong(request.id, self.name, self.epoch)
+
+    _handlers = {
+        Read: _handleRead,
+        Write: _handleWrite,
+        Describe: _handleDescribe,
+        ListKeywords: _handleList,
+        Ping: _handlePing,
+    }
+
+    # -- hook pipelines (each step may return a Deferred)
+
+    def _readPath(self, keyword):
+        """preread -> read -> postread; fires when done (failing with the hook's error)."""
+        d = _hook(keyword, "preread")
+        d.addCallback(lambda _: _hook(keyword, "read"))
+        d.addCallback(lambda value: _hook(keyword, "postread", value))
+        return d
+
+    def _writePath(self, keyword, binary):
+        """check -> prewrite -> write -> postwrite, run once."""
+        d = _hook(keyword, "check", binary)
+        d.addCallback(lambda _: _hook(keyword, "prewrite", binary))
+        d.addCallback(
+            lambda value: _hook(keyword, "write", value).addCallback(lambda _: value)
+        )
+        d.addCallback(lambda value: _hook(keyword, "postwrite", value))
+        return d
+
+
+def _hook(keyword, name, *args):
+    """Call one hook; a Deferred either way, failing with a typed error."""
+    d = defer.maybeDeferred(getattr(keyword, name), *args)
+    d.addErrback(_typedHookError, keyword, name)
+    return d
+
+
+def _typedHookError(failure, keyword, name):
+    error = failure.value
+    if isinstance(error, CauldronError):
+        return failure
+    if isinstance(error, (ValueError, TypeError)):
+        raise BadValue(f"{keyword.name}: {error}")
+    log.failure("{kw}: {hook} hook failed", failure, kw=keyword.name, hook=name)
+    raise HookError(f"{keyword.name}: {name} failed: {type(error).__name__}: {error}")

@@ -1,0 +1,147 @@
+"""Requests with deadlines over one DEALER socket.
+
+Used by clients talking to dispatchers and to the router, and by dispatchers
+talking to the router.  Every request gets a fresh id and a fresh Deferred;
+it fires with the reply message, fails with the error the peer reported
+(rebuilt as the matching :mod:`cauldron.errors` class), or fails with a
+timeout error when no reply arrives in time.  A reply arriving after that is
+dropped, never handed to a newer request.
+"""
+
+import itertools
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from cauldron.errors import (
+    CauldronTimeout,
+    ProtocolError,
+    ServiceUnavailable,
+    errorFromName,
+)
+from cauldron.protocol import codec
+from cauldron.protocol.messages import Error
+from cauldron.transport import QueueFull
+
+__all__ = ["RequestChannel", "MAX_PENDING"]
+
+MAX_PENDING = 10000
+
+log = Logger()
+
+
+class RequestChannel:
+    """Request/reply with one peer address, on the reactor of ``transport``.
+
+    :param peer: a short description of the peer for error messages, e.g.
+        ``"service 'demo' at tcp://host:6511"``.
+    :param onTimeout: builds the exception for a request that timed out,
+        from the request's description and the timeout; defaults to
+        :class:`CauldronTimeout`.
+    """
+
+    def __init__(self, transport, address, peer, timeout, onTimeout=None):
+        self.address = address
+        self.peer = peer
+        self.timeout = timeout
+        self.malformed = 0
+        self._transport = transport
+        self._reactor = transport.reactor
+        self._onTimeout = onTimeout or self._defaultTimeoutError
+        self._ids = itertools.count(1)
+        self._pending = {}
+        self._dealer = None
+        self._connect()
+
+    def _connect(self):
+        self._dealer = self._transport.dealer(self._received)
+        self._dealer.connect(self.address)
+
+    def _defaultTimeoutError(self, what, timeout):
+        return CauldronTimeout(f"{what}: no reply from {self.peer} within {timeout:g} s")
+
+    @property
+    def pending(self):
+        """How many requests await a reply."""
+        return len(self._pending)
+
+    def request(self, makeMessage, what, timeout=None):
+        """Send ``makeMessage(id)``; a Deferred firing with the reply message.
+
+        :param what: describes the request in error messages (``"read TEMP"``).
+        """
+        timeout = self.timeout if timeout is None else timeout
+        if self._dealer is None:
+            raise ServiceUnavailable(f"{what}: the connection to {self.peer} is closed")
+        if len(self._pending) >= MAX_PENDING:
+            raise ServiceUnavailable(f"{what}: {MAX_PENDING} requests already wait for {self.peer}")
+        requestId = next(self._ids)
+        frames = codec.encode(makeMessage(requestId))
+        d = Deferred(canceller=lambda d: self._forget(requestId))
+        try:
+            self._dealer.send(frames)
+        except QueueFull:
+            raise ServiceUnavailable(f"{what}: too many requests queued for {self.peer}") from None
+        timer = self._reactor.callLater(timeout, self._expired, requestId, what, timeout)
+        self._pending[requestId] = (d, timer)
+        return d
+
+    def _forget(self, requestId):
+        entry = self._pending.pop(requestId, None)
+        if entry is not None and entry[1].active():
+            entry[1].cancel()
+
+    def _expired(self, requestId, what, timeout):
+        entry = self._pending.pop(requestId, None)
+        if entry is None:
+            return
+        if not self._pending:
+            # Nothing else is in flight: drop what ZeroMQ still queues for a
+            # peer that may be gone, so it is not delivered when it returns.
+            self.reset()
+        entry[0].errback(self._onTimeout(what, timeout))
+
+    def _received(self, frames):
+        try:
+            message = codec.decode(frames)
+        except ProtocolError:
+            self.malformed += 1
+            return
+        requestId = getattr(message, "id", None)
+        entry = self._pending.pop(requestId, None)
+        if entry is None:
+            return  # late or unsolicited: never hand it to a newer request
+        d, timer = entry
+        timer.cancel()
+        if isinstance(message, Error):
+            d.errback(errorFromName(message.error, message.message))
+        else:
+            d.callback(message)
+
+    def reset(self):
+        """Reopen the socket, discarding requests ZeroMQ still queues."""
+        if self._dealer is not None:
+            self._transport.close(self._dealer, discard=True)
+            self._connect()
+
+    def failAll(self, error):
+        """Fail every pending request with ``error`` (e.g. the peer died)."""
+        pending, self._pending = self._pending, {}
+        for d, timer in pending.values():
+            if timer.active():
+                timer.cancel()
+            d.errback(error)
+
+    def close(self, error=None):
+        """Fail what is pending (cancelled by default) and close the socket."""
+        pending, self._pending = self._pending, {}
+        for d, timer in pending.values():
+            if timer.active():
+                timer.cancel()
+            if error is None:
+                d.cancel()
+            else:
+                d.errback(error)
+        if self._dealer is not None:
+            self._transport.close(self._dealer)
+            self._dealer = None

@@ -1,0 +1,273 @@
+"""txZMQ connections with safe defaults, on an injected reactor.
+
+txZMQ's defaults are unsafe for a long-running control system (see
+``notes/reliability.md``): unlimited high-water marks, no cap on the messages
+handled per reactor callback, replies routed by client-chosen ids, the global
+reactor used behind the caller's back.  Every socket made here has:
+
+* a high-water mark of :data:`HIGH_WATER_MARK` messages each way;
+* a maximum inbound message size (:data:`MAX_MESSAGE_BYTES`): a larger message
+  disconnects its sender;
+* a linger of :data:`LINGER_MS` so closing never blocks for long;
+* at most :data:`READ_BATCH` messages handled per reactor read callback before
+  yielding, so a flood cannot starve timers (heartbeats);
+* every scheduled call made on the reactor given to :class:`Transport`.
+
+ROUTER sockets report the peer identity with each message and send replies
+to it; the identity is ZeroMQ's, never a value the peer chose.
+"""
+
+import zmq
+from twisted.logger import Logger
+from txzmq import ZmqConnection, ZmqFactory
+
+__all__ = [
+    "HIGH_WATER_MARK",
+    "MAX_MESSAGE_BYTES",
+    "LINGER_MS",
+    "READ_BATCH",
+    "AddressInUse",
+    "QueueFull",
+    "Transport",
+    "bindAddress",
+    "portOf",
+]
+
+HIGH_WATER_MARK = 1000
+MAX_MESSAGE_BYTES = 1024 * 1024 + 4096
+LINGER_MS = 100
+READ_BATCH = 256
+SAFETY_POLL_SECONDS = 0.5
+HANDSHAKE_MS = 5000
+RECONNECT_MS = 100
+RECONNECT_MAX_MS = 1000
+
+log = Logger()
+
+
+class QueueFull(Exception):
+    """The peer's queue is at its high-water mark (or there is no peer yet)."""
+
+
+class AddressInUse(Exception):
+    """Binding failed because the address is taken on this host."""
+
+    def __init__(self, address):
+        super().__init__(f"address already in use: {address}")
+        self.address = address
+
+
+def bindAddress(protocol, host, port):
+    """A ZeroMQ address to bind; port 0 asks the OS for an ephemeral port."""
+    if protocol == "ipc":
+        return f"ipc://{host}-{port}" if port else f"ipc://{host}-*"
+    return f"tcp://{host}:{port or '*'}"
+
+
+def portOf(address):
+    """The TCP port of a ``tcp://host:port`` address (0 for other transports)."""
+    if not address.startswith("tcp://"):
+        return 0
+    return int(address.rsplit(":", 1)[1])
+
+
+class _Connection(ZmqConnection):
+    """A txZMQ connection with bounded memory, bounded read batches and no global reactor."""
+
+    highWaterMark = HIGH_WATER_MARK
+    reconnectInterval = RECONNECT_MS
+    reconnectIntervalMax = RECONNECT_MAX_MS
+
+    def __init__(self, factory, onMessage):
+        # txZMQ's constructor registers the reader and calls doRead(): our
+        # state must exist before it runs (txZMQ #79).
+        self._onMessage = onMessage
+        self.malformed = 0
+        self.closed = False
+        super().__init__(factory)
+        self.socket.set(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        self.socket.set(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
+        self._configure(self.socket)
+
+    def _configure(self, socket):
+        """Socket-type specific options, set before any bind or connect."""
+
+    def bind(self, address):
+        """Bind, and return the address actually bound (ephemeral ports resolved)."""
+        try:
+            self.socket.bind(address)
+        except zmq.ZMQError as e:
+            if e.errno == zmq.EADDRINUSE:
+                raise AddressInUse(address) from None
+            raise
+        return self.socket.get(zmq.LAST_ENDPOINT).decode("ascii")
+
+    def connect(self, address):
+        self.socket.connect(address)
+
+    def doRead(self):
+        """Handle at most READ_BATCH messages, then yield to the reactor."""
+        if self.read_scheduled is not None:
+            if self.read_scheduled.active():
+                self.read_scheduled.cancel()
+            self.read_scheduled = None
+        for _ in range(READ_BATCH):
+            if self.closed:
+                return
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError as e:
+                log.error("receive failed on {conn!r}: {error}", conn=self, error=e)
+                return
+            self._deliver(frames)
+        self._scheduleRead()
+
+    def _deliver(self, frames):
+        try:
+            self._onMessage(frames)
+        except Exception:
+            log.failure("unhandled error handling a message on {conn!r}", conn=self)
+
+    def _scheduleRead(self):
+        if self.read_scheduled is None and not self.closed:
+            self.read_scheduled = self.factory.reactor.callLater(0, self.doRead)
+
+    def send(self, frames):
+        """Send without blocking; :class:`QueueFull` when the peer's queue is full."""
+        try:
+            self.socket.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            raise QueueFull(repr(self)) from None
+        # ZMQ_FD is edge-triggered and a send may consume the edge: look once.
+        if self.socket.get(zmq.EVENTS) & zmq.POLLIN:
+            self._scheduleRead()
+
+    def shutdown(self):
+        if self.closed:
+            return
+        self.closed = True
+        super().shutdown()
+
+    def connectionLost(self, reason):
+        if not self.closed and self.factory is not None:
+            self.factory.reactor.removeReader(self)
+
+    def logPrefix(self):
+        return type(self).__name__
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.endpoints or ''}>"
+
+
+class RouterConnection(_Connection):
+    """A ROUTER: ``onMessage(identity, frames)``; ``send(identity, frames)``."""
+
+    socketType = zmq.ROUTER
+
+    def _configure(self, socket):
+        socket.set(zmq.ROUTER_MANDATORY, 1)
+        socket.set(zmq.ROUTER_HANDOVER, 1)
+
+    def _deliver(self, frames):
+        if len(frames) < 2:
+            self.malformed += 1
+            return
+        try:
+            self._onMessage(frames[0], frames[1:])
+        except Exception:
+            log.failure("unhandled error handling a message on {conn!r}", conn=self)
+
+    def sendTo(self, identity, frames):
+        """Reply to a peer; returns False when it is gone or its queue is full."""
+        try:
+            self.send([identity, *frames])
+        except QueueFull:
+            return False
+        except zmq.ZMQError as e:
+            if e.errno == zmq.EHOSTUNREACH:
+                return False
+            raise
+        return True
+
+
+class DealerConnection(_Connection):
+    """A DEALER: requests out, replies in, asynchronous and unordered."""
+
+    socketType = zmq.DEALER
+
+
+class PublisherConnection(_Connection):
+    """A PUB: drops (never blocks) when a subscriber is at its high-water mark."""
+
+    socketType = zmq.PUB
+
+    def __init__(self, factory):
+        super().__init__(factory, lambda frames: None)
+
+
+class SubscriberConnection(_Connection):
+    """A SUB with explicit ``subscribe``/``unsubscribe`` by topic prefix."""
+
+    socketType = zmq.SUB
+
+    def subscribe(self, topic):
+        self.socket.set(zmq.SUBSCRIBE, topic)
+
+    def unsubscribe(self, topic):
+        self.socket.set(zmq.UNSUBSCRIBE, topic)
+
+
+class Transport:
+    """Makes sockets for one service and closes them all at :meth:`shutdown`.
+
+    One ZeroMQ context per Transport, on the reactor given; its sockets are
+    polled by the reactor, with a slow safety poll against lost edges.
+    """
+
+    def __init__(self, reactor):
+        self.reactor = reactor
+        self._factory = ZmqFactory()
+        self._factory.reactor = reactor
+        self._factory.lingerPeriod = LINGER_MS
+        self._poll = reactor.callLater(SAFETY_POLL_SECONDS, self._safetyPoll)
+
+    def _safetyPoll(self):
+        for connection in list(self._factory.connections):
+            connection.doRead()
+        self._poll = self.reactor.callLater(SAFETY_POLL_SECONDS, self._safetyPoll)
+
+    def router(self, onMessage):
+        return RouterConnection(self._factory, onMessage)
+
+    def dealer(self, onMessage):
+        return DealerConnection(self._factory, onMessage)
+
+    def publisher(self):
+        return PublisherConnection(self._factory)
+
+    def subscriber(self, onMessage):
+        return SubscriberConnection(self._factory, onMessage)
+
+    def close(self, connection, discard=False):
+        """Close one socket now (others stay open).
+
+        With ``discard``, messages still queued for sending are dropped at
+        once instead of lingering.
+        """
+        if discard and not connection.closed:
+            connection.socket.set(zmq.LINGER, 0)
+        connection.shutdown()
+
+    def shutdown(self):
+        """Close every socket and the context; safe to call twice."""
+        if self._factory is None:
+            return
+        if self._poll.active():
+            self._poll.cancel()
+        for connection in list(self._factory.connections):
+            connection.shutdown()
+        self._factory.connections = set()
+        self._factory.context.term()
+        self._factory = None
