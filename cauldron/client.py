@@ -69,6 +69,7 @@ class ClientService(service.Service):
         self._transport = None
         self._services = {}
         self._connecting = {}
+        self._loading = set()
         self._locator = None
 
     def startService(self):
@@ -81,9 +82,10 @@ class ClientService(service.Service):
 
     def stopService(self):
         super().stopService()
-        for pending in list(self._connecting.values()):
-            pending.cancel()
-        for remote in list(self._services.values()):
+        for waiters in list(self._connecting.values()):
+            for waiter in waiters:
+                waiter.cancel()
+        for remote in list(self._services.values()) + list(self._loading):
             remote.close()
         self._services.clear()
         if self._locator is not None:
@@ -101,13 +103,14 @@ class ClientService(service.Service):
         name = name.lower()
         if name in self._services:
             return defer.succeed(self._services[name])
-        if name not in self._connecting:
-            pending = self._locate(name)
-            pending.addCallback(self._connectService, name)
-            pending.addBoth(self._connected, name)
-            self._connecting[name] = pending
         mine = defer.Deferred()
-        self._connecting[name].addBoth(_passTo(mine))
+        if name in self._connecting:
+            self._connecting[name].append(mine)
+            return mine
+        self._connecting[name] = [mine]
+        pending = self._locate(name)
+        pending.addCallback(self._connectService, name)
+        pending.addBoth(self._connected, name)
         return mine
 
     def _locate(self, name):
@@ -122,29 +125,30 @@ class ClientService(service.Service):
 
     def _connectService(self, addresses, name):
         remote = RemoteService(self, name, *addresses)
+        self._loading.add(remote)
         d = remote.load()
         d.addErrback(_closeAndFail, remote)
-        return d
+
+        def loaded(result):
+            self._loading.discard(remote)
+            return result
+
+        return d.addBoth(loaded)
 
     def _connected(self, result, name):
-        self._connecting.pop(name, None)
+        """Hand the outcome to every caller waiting for this service (each has its own Deferred)."""
+        waiters = self._connecting.pop(name, [])
         if isinstance(result, RemoteService):
             if self.running:
                 self._services[name] = result
             else:
                 result.close()
-        return result
-
-
-def _passTo(d):
-    """Copy a shared result into one caller's own Deferred (never share one)."""
-    def passOn(result):
-        if isinstance(result, Failure):
-            d.errback(result)
-        else:
-            d.callback(result)
-        return result
-    return passOn
+                result = Failure(ServiceUnavailable("the client service stopped"))
+        for waiter in waiters:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
 
 
 def _closeAndFail(failure, remote):
@@ -173,6 +177,7 @@ class RemoteService:
         self._stateCallbacks = []
         self._lastHeard = self._reactor.seconds()
         self._closed = False
+        self._relocating = False
         transport = client._transport
         self._transport = transport
         self._channel = RequestChannel(
@@ -305,7 +310,9 @@ class RemoteService:
 
     def _checkLiveness(self):
         silence = self._reactor.seconds() - self._lastHeard
-        if self.connected and silence > LIVENESS * self.heartbeatInterval:
+        if not self.connected:
+            self._relocate()
+        elif silence > LIVENESS * self.heartbeatInterval:
             log.warn("service {name} missed {n} heartbeats: disconnected",
                      name=self.name, n=LIVENESS)
             self._setConnected(False)
@@ -313,6 +320,39 @@ class RemoteService:
                 f"service {self.name!r} at {self.dispatchAddress} stopped answering"
             ))
             self._channel.reset()
+
+    def _relocate(self):
+        """While disconnected, ask the router whether the service moved."""
+        locator = self._client._locator
+        if locator is None or self._relocating or self._closed:
+            return
+        self._relocating = True
+        d = locator.locate(self.name)
+        d.addCallback(self._moveTo)
+        d.addErrback(lambda f: None)  # not registered again yet: ask next time
+
+        def done(_):
+            self._relocating = False
+
+        d.addBoth(done)
+
+    def _moveTo(self, addresses):
+        if self._closed or addresses == (self.dispatchAddress, self.broadcastAddress):
+            return
+        log.info("service {name} moved to {addresses}", name=self.name, addresses=addresses)
+        self.dispatchAddress, self.broadcastAddress = addresses
+        self._channel.close(ServiceUnavailable(f"service {self.name!r} moved"))
+        self._channel = RequestChannel(
+            self._transport, self.dispatchAddress,
+            f"service {self.name!r} at {self.dispatchAddress}", self._client.timeout,
+        )
+        self._transport.close(self._subscriber)
+        self._subscriber = self._transport.subscriber(self._received)
+        self._subscriber.connect(self.broadcastAddress)
+        self._subscriber.subscribe(codec.HEARTBEAT_TOPIC)
+        for keyword in self._keywords.values():
+            if keyword._subscribed:
+                self._subscriber.subscribe(codec.topicFor(keyword.name))
 
     def _setConnected(self, connected):
         self.connected = connected

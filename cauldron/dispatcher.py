@@ -43,14 +43,12 @@ from cauldron.protocol.messages import (
     Value,
     Write,
 )
+from cauldron.serving import RateLimitedCounter, errorReply
 from cauldron.transport import Transport, bindAddress
 
-__all__ = ["DispatcherService", "describeWithValue", "errorReply"]
+__all__ = ["DispatcherService", "describeWithValue"]
 
 log = Logger()
-
-MALFORMED_LOG_INTERVAL = 1.0
-
 
 def describeWithValue(keyword):
     """A keyword's metadata plus its current value, as sent by ``describe``."""
@@ -62,38 +60,6 @@ def describeWithValue(keyword):
         timestamp=keyword.timestamp,
     )
     return info
-
-
-def errorReply(requestId, error):
-    """The :class:`Error` message for an exception raised while serving a request."""
-    if isinstance(error, CauldronError):
-        return Error(requestId, type(error).__name__, str(error))
-    if isinstance(error, (ValueError, TypeError)):
-        return Error(requestId, "BadValue", str(error))
-    return Error(requestId, "HookError", f"{type(error).__name__}: {error}")
-
-
-class _RateLimitedCounter:
-    """Counts bad input and logs at most once per interval, so floods cost nothing."""
-
-    def __init__(self, what, clock):
-        self.what = what
-        self.count = 0
-        self._clock = clock
-        self._lastLog = None
-        self._sinceLog = 0
-
-    def __call__(self, reason):
-        self.count += 1
-        self._sinceLog += 1
-        now = self._clock.seconds()
-        if self._lastLog is None or now - self._lastLog >= MALFORMED_LOG_INTERVAL:
-            log.warn(
-                "ignored {n} {what} (latest: {reason}); {total} in all",
-                n=self._sinceLog, what=self.what, reason=reason, total=self.count,
-            )
-            self._lastLog = now
-            self._sinceLog = 0
 
 
 class DispatcherService(service.Service):
@@ -120,7 +86,7 @@ class DispatcherService(service.Service):
         self.epoch = f"{os.getpid():x}-{uuid.uuid4().hex[:12]}"
         self.dispatchAddress = None
         self.broadcastAddress = None
-        self.malformed = _RateLimitedCounter("malformed messages", reactor)
+        self.malformed = RateLimitedCounter("malformed messages", reactor)
         self._keywords = {}
         self._periods = {}
         self._writeQueues = {}

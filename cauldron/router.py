@@ -1,0 +1,201 @@
+"""The router: an address book that leases port pairs to dispatchers.
+
+Dispatchers ask it for a (dispatch, broadcast) port pair, bind them, and
+renew the lease with every heartbeat; clients ask it where a service lives
+and then talk to the dispatcher directly.  The router is never in the data
+path, and all its state is soft: leases expire after missed heartbeats, and
+after a restart the live dispatchers register again with the ports they hold.
+"""
+
+import os
+import uuid
+
+from twisted.application import service
+from twisted.internet import task
+from twisted.logger import Logger
+
+from cauldron import config as _config
+from cauldron.errors import CauldronError, ProtocolError, UnknownService
+from cauldron.protocol import codec
+from cauldron.protocol.leases import LeaseTable
+from cauldron.protocol.messages import (
+    Error,
+    Lease,
+    Leased,
+    ListServices,
+    Locate,
+    Location,
+    Ok,
+    Ping,
+    Pong,
+    Register,
+    Release,
+    Renew,
+    ServiceEntry,
+    ServiceList,
+)
+from cauldron.serving import RateLimitedCounter, errorReply
+from cauldron.transport import Transport, bindAddress
+
+__all__ = ["RouterService", "DEFAULT_LEASE_TTL"]
+
+log = Logger()
+
+#: seconds a lease lives without renewal: three one-second heartbeats
+DEFAULT_LEASE_TTL = 3.0
+
+
+class RouterService(service.Service):
+    """Serve the address book at ``[zmq-router] protocol://host:port``.
+
+    :param verbose: 0-3, overrides ``[zmq-router] verbose`` when given.
+    :param leaseTTL: seconds a lease lives without a renewal.
+    """
+
+    name = "cauldron-router"
+
+    def __init__(self, config=None, reactor=None, verbose=None, leaseTTL=DEFAULT_LEASE_TTL):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.config = _config.load(config)
+        self.reactor = reactor
+        self.verbose = self.config.get("zmq-router", "verbose") if verbose is None else verbose
+        self.leaseTTL = leaseTTL
+        self.epoch = f"{os.getpid():x}-{uuid.uuid4().hex[:12]}"
+        self.address = None
+        self.leases = LeaseTable(
+            self.config.get("zmq-router", "first-port"),
+            self.config.get("zmq-router", "last-port"),
+            leaseTTL,
+        )
+        self.malformed = RateLimitedCounter("malformed messages", reactor)
+        self._transport = None
+        self._socket = None
+        self._expiry = None
+
+    def startService(self):
+        """Bind the router socket; raises AddressInUse if another router has it."""
+        transport = Transport(self.reactor)
+        socket = transport.router(self._received)
+        try:
+            self.address = socket.bind(bindAddress(
+                self.config.get("zmq-router", "protocol"),
+                self.config.get("zmq-router", "host"),
+                self.config.get("zmq-router", "port"),
+            ))
+        except Exception:
+            transport.shutdown()
+            raise
+        super().startService()
+        self._transport, self._socket = transport, socket
+        self._expiry = task.LoopingCall(self._expire)
+        self._expiry.clock = self.reactor
+        self._expiry.start(self.leaseTTL / 3, now=False)
+        log.info("router listening at {address}, leasing ports [{first}, {last})",
+                 address=self.address, first=self.config.get("zmq-router", "first-port"),
+                 last=self.config.get("zmq-router", "last-port"))
+
+    def stopService(self):
+        super().stopService()
+        if self._expiry is not None and self._expiry.running:
+            self._expiry.stop()
+        if self._transport is not None:
+            self._transport.shutdown()
+            self._transport = self._socket = None
+
+    def _now(self):
+        return self.reactor.seconds()
+
+    def _say(self, level, fmt, **kw):
+        """Log when ``verbose`` is at least ``level`` (1: leases, 2: requests, 3: all)."""
+        if self.verbose >= level:
+            log.info(fmt, **kw)
+
+    def _expire(self):
+        for lease in self.leases.expire(self._now()):
+            self._say(1, "lease of {service} expired: ports {d}/{b} are free again",
+                      service=lease.service, d=lease.dispatchPort, b=lease.broadcastPort)
+
+    # -- requests
+
+    def _received(self, identity, frames):
+        try:
+            request = codec.decode(frames)
+        except ProtocolError as e:
+            self.malformed(str(e))
+            return
+        self._say(3, "request {r!r}", r=request)
+        handler = self._handlers.get(type(request))
+        if handler is None:
+            self.malformed(f"unexpected {type(request).__name__}")
+            reply = Error(getattr(request, "id", 0), "ProtocolError",
+                          f"the router does not answer {type(request).__name__}")
+        else:
+            try:
+                reply = handler(self, request)
+            except CauldronError as e:
+                self._say(1, "{kind} refused: {e}", kind=type(request).__name__, e=e)
+                reply = errorReply(request.id, e)
+        self._socket.sendTo(identity, codec.encode(reply))
+
+    def _leased(self, requestId, lease):
+        return Leased(requestId, lease.service, lease.host, lease.dispatchPort,
+                      lease.broadcastPort, lease.ttl)
+
+    def _handleLease(self, request):
+        lease = self.leases.lease(request.service, request.host, request.instance,
+                                  self._now(), avoid=request.avoid)
+        self._say(1, "leased {d}/{b} to {service} on {host}", d=lease.dispatchPort,
+                  b=lease.broadcastPort, service=lease.service, host=lease.host)
+        return self._leased(request.id, lease)
+
+    def _handleRegister(self, request):
+        lease = self.leases.register(request.service, request.host, request.instance,
+                                     request.dispatchPort, request.broadcastPort, self._now())
+        self._say(1, "{service} on {host} registered ports {d}/{b}", service=lease.service,
+                  host=lease.host, d=lease.dispatchPort, b=lease.broadcastPort)
+        return self._leased(request.id, lease)
+
+    def _handleRenew(self, request):
+        lease = self.leases.renew(request.service, request.instance, self._now())
+        self._say(2, "renewed {service}", service=lease.service)
+        return self._leased(request.id, lease)
+
+    def _handleRelease(self, request):
+        if self.leases.release(request.service, request.instance, self._now()):
+            self._say(1, "{service} released its ports", service=request.service)
+        return Ok(request.id)
+
+    def _handleLocate(self, request):
+        lease = self.leases.locate(request.service, self._now())
+        if lease is None:
+            raise UnknownService(f"no service {request.service.lower()!r} is registered "
+                                 f"with the router at {self.address}")
+        protocol = self.config.get("zmq", "protocol")
+        return Location(
+            request.id, lease.service, lease.host,
+            bindAddress(protocol, lease.host, lease.dispatchPort),
+            bindAddress(protocol, lease.host, lease.broadcastPort),
+        )
+
+    def _handleList(self, request):
+        now = self._now()
+        entries = [
+            ServiceEntry(lease.service, lease.host, lease.dispatchPort, lease.broadcastPort,
+                         lease.age(now))
+            for lease in self.leases.leases(now)
+        ]
+        return ServiceList(request.id, entries)
+
+    def _handlePing(self, request):
+        return Pong(request.id, "router", self.epoch)
+
+    _handlers = {
+        Lease: _handleLease,
+        Register: _handleRegister,
+        Renew: _handleRenew,
+        Release: _handleRelease,
+        Locate: _handleLocate,
+        ListServices: _handleList,
+        Ping: _handlePing,
+    }
