@@ -65,7 +65,7 @@ def spawnRouterProcess(config):
     """Start ``Cauldron-router-zmq`` as a process that outlives this one."""
     path = config.path or writeConfigFile(config)
     return subprocess.Popen(
-        [sys.executable, "-m", "cauldron.cli", "router", "-c", path],
+        [sys.executable, "-c", "from cauldron.cli import routerMain; routerMain()", "-c", path],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True, close_fds=True,
     )

@@ -18,7 +18,7 @@ client can match replies to requests (the transport routes replies by socket
 identity, never by this id).
 """
 
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import msgspec
 
@@ -78,7 +78,7 @@ class Describe(_Message, tag="describe"):
     """Ask for keyword metadata and current values (all when ``keywords`` is None)."""
 
     id: int
-    keywords: Optional[list[str]] = None
+    keywords: list[str] | None = None
 
 
 class ListKeywords(_Message, tag="list"):
@@ -104,7 +104,7 @@ class Value(_Message, tag="value"):
     binary: Any
     ascii: str
     sequence: int
-    timestamp: Optional[float]
+    timestamp: float | None
     epoch: str
 
     def __post_init__(self):

@@ -1,0 +1,538 @@
+"""Tests for cauldron.protocol.leases: the router's pure lease table."""
+
+import dataclasses
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from cauldron.errors import CauldronError, ConfigError, LeaseConflict, LeaseError
+from cauldron.protocol.leases import Lease, LeaseTable
+
+TTL = 3.0
+
+
+@pytest.fixture
+def table():
+    return LeaseTable(6600, 6700, TTL)
+
+
+def ports(lease):
+    return (lease.dispatchPort, lease.broadcastPort)
+
+
+def test_pairsCoverHalfOpenRange(table):
+    """6600..6700 gives 50 pairs, the last being (6698, 6699), as the original router did."""
+    assert len(table.pairs) == 50
+    assert table.pairs[0] == 6600
+    assert table.pairs[-1] == 6698
+    assert table.isPair(6698, 6699)
+    assert not table.isPair(6700, 6701)
+    assert not table.isPair(6601, 6602)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (6600, 6601, TTL),
+        (6600, 6600, TTL),
+        (0, 10, TTL),
+        (6600, 70000, TTL),
+        (6600, 6700, 0),
+        (6600, 6700, -1.0),
+        (6600, 6700, float("nan")),
+        (True, 6700, TTL),
+        ("6600", 6700, TTL),
+    ],
+)
+def test_badConfigurationRejected(args):
+    """A range without a single pair, or a non-positive ttl, fails at construction."""
+    with pytest.raises(ConfigError):
+        LeaseTable(*args)
+
+
+def test_oddRangeDropsTrailingPort():
+    """A last port that would be left unpaired is never leased."""
+    table = LeaseTable(6600, 6605, TTL)
+    assert list(table.pairs) == [6600, 6602]
+    top = LeaseTable(65534, 65536, TTL)
+    assert top.lease("top", "h", "i", now=0.0).ports == (65534, 65535)
+
+
+def test_firstLeaseGetsFirstPair(table):
+    """An empty table grants (firstPort, firstPort + 1)."""
+    lease = table.lease("demo", "hostA", "i1", now=10.0)
+    assert isinstance(lease, Lease)
+    assert ports(lease) == (6600, 6601)
+    assert (lease.service, lease.host, lease.instance) == ("demo", "hostA", "i1")
+    assert lease.granted == lease.renewed == 10.0
+    assert lease.expires == 13.0
+    assert lease.age(11.5) == 1.5
+    assert len(table) == 1
+
+
+def test_distinctServicesGetDistinctPairs(table):
+    """Each service gets the lowest free pair, never another service's ports."""
+    got = [ports(table.lease(f"svc{i}", "h", f"i{i}", now=0.0)) for i in range(5)]
+    assert got == [(6600, 6601), (6602, 6603), (6604, 6605), (6606, 6607), (6608, 6609)]
+
+
+def test_serviceNamesAreCaseInsensitive(table):
+    """DEMO and demo are one service, stored lower-case."""
+    first = table.lease("DEMO", "h", "i1", now=0.0)
+    assert first.service == "demo"
+    assert table.lease("Demo", "h", "i1", now=1.0).ports == first.ports
+    assert table.locate("dEmO", now=1.0).service == "demo"
+    assert len(table) == 1
+
+
+def test_sameInstanceIsIdempotent(table):
+    """A retried lease from the same process returns its lease, renewed, keeping `granted`."""
+    first = table.lease("demo", "h", "i1", now=0.0)
+    again = table.lease("demo", "h", "i1", now=2.0)
+    assert again.ports == first.ports
+    assert again.granted == 0.0
+    assert again.renewed == 2.0
+    assert len(table) == 1
+
+
+def test_otherInstanceConflictsWithMessage(table):
+    """A second process for a live service is refused, told who holds it and for how long."""
+    table.lease("demo", "hostA", "i1", now=0.0)
+    with pytest.raises(LeaseConflict) as caught:
+        table.lease("DEMO", "hostB", "i2", now=1.0)
+    message = str(caught.value)
+    assert "'demo'" in message
+    assert "'hostA'" in message
+    assert "6600/6601" in message
+    assert "expires in 2.0 s" in message
+    assert isinstance(caught.value, LeaseError)
+    assert isinstance(caught.value, CauldronError)
+    assert table.locate("demo", now=1.0).instance == "i1"
+
+
+def test_otherInstanceTakesOverAfterExpiry(table):
+    """Hand-over happens only once the old lease has expired: one owner at every instant."""
+    table.lease("demo", "hostA", "i1", now=0.0)
+    with pytest.raises(LeaseConflict):
+        table.lease("demo", "hostB", "i2", now=2.999)
+    lease = table.lease("demo", "hostB", "i2", now=3.0)
+    assert (lease.host, lease.instance, lease.ports) == ("hostB", "i2", (6600, 6601))
+
+
+def test_previousPairRegainedAfterExpiry(table):
+    """A restarted dispatcher gets its old ports back after expiry, not the lowest pair."""
+    table.lease("a", "h", "ia", now=0.0)
+    table.lease("b", "h", "ib", now=0.0)
+    table.lease("c", "h", "ic", now=0.0)
+    table.renew("c", "ic", now=2.0)
+    assert [lease.service for lease in table.expire(3.0)] == ["a", "b"]
+    again = table.lease("b", "h", "ib2", now=4.0)
+    assert again.ports == (6602, 6603)
+    assert (again.instance, again.granted) == ("ib2", 4.0)
+
+
+def test_previousPairPreferredOverLowest(table):
+    """The previous pair wins even when a lower pair is free."""
+    table.lease("a", "h", "ia", now=0.0)
+    table.lease("b", "h", "ib", now=0.0)
+    table.release("a", "ia", now=0.0)
+    table.release("b", "ib", now=0.0)
+    assert table.lease("b", "h", "ib2", now=1.0).ports == (6602, 6603)
+
+
+def test_previousPairTakenFallsBackToLowest(table):
+    """When another service holds the previous pair, the lowest free pair is granted."""
+    table.lease("a", "h", "ia", now=0.0)
+    table.lease("b", "h", "ib", now=0.0)
+    table.release("a", "ia", now=0.0)
+    table.release("b", "ib", now=0.0)
+    table.lease("c", "h", "ic", now=0.0)  # lowest: a's old pair
+    table.lease("d", "h", "id", now=0.0)  # next: b's old pair
+    assert table.lease("b", "h", "ib2", now=0.0).ports == (6604, 6605)
+
+
+def test_expiryAtExactlyTtl(table):
+    """A lease is live strictly before renewed + ttl and gone at exactly that instant."""
+    lease = table.lease("demo", "h", "i1", now=5.0)
+    assert table.expire(7.999) == []
+    assert table.locate("demo", now=7.999) == lease
+    assert table.expire(8.0) == [lease]
+    assert table.locate("demo", now=8.0) is None
+    assert len(table) == 0
+
+
+def test_expiryIsLazy(table):
+    """Every method expires first, so a stale lease is never seen nor renewed."""
+    table.lease("demo", "h", "i1", now=0.0)
+    with pytest.raises(LeaseError):
+        table.renew("demo", "i1", now=3.0)
+    assert table.leases(3.0) == []
+    assert len(table) == 0
+
+
+def test_renewKeepsAlive(table):
+    """Each renewal pushes expiry to renewed + ttl; a 2 s stall does not lose the lease (R5)."""
+    table.lease("demo", "h", "i1", now=0.0)
+    for now in (1.0, 2.0, 4.0, 6.9):
+        lease = table.renew("DEMO", "i1", now=now)
+        assert lease.renewed == now
+        assert lease.granted == 0.0
+    assert table.locate("demo", now=9.8) is not None
+    assert table.locate("demo", now=9.9) is None
+
+
+def test_renewUnknownOrOtherInstanceFails(table):
+    """Renewing a lease one does not hold is a LeaseError, so the dispatcher re-registers."""
+    with pytest.raises(LeaseError, match="'demo' holds no live lease"):
+        table.renew("demo", "i1", now=0.0)
+    table.lease("demo", "h", "i1", now=0.0)
+    with pytest.raises(LeaseError, match="instance 'i1'"):
+        table.renew("demo", "i2", now=1.0)
+    assert table.locate("demo", now=1.0).renewed == 0.0
+
+
+def test_releaseFreesPairAtOnce(table):
+    """A released pair is free immediately, for any service."""
+    table.lease("a", "h", "ia", now=0.0)
+    assert table.release("A", "ia", now=1.0) is True
+    assert len(table) == 0
+    assert table.lease("b", "h", "ib", now=1.0).ports == (6600, 6601)
+
+
+def test_releaseByOtherInstanceIgnored(table):
+    """Only the holder can release; a stale process cannot drop its successor's lease."""
+    table.lease("a", "h", "ia", now=0.0)
+    assert table.release("a", "other", now=0.0) is False
+    assert table.release("nope", "ia", now=0.0) is False
+    assert table.locate("a", now=0.0).instance == "ia"
+
+
+def test_avoidSkipsPortsTakenOnHost(table):
+    """Ports the dispatcher found taken are skipped, pair-wise."""
+    lease = table.lease("demo", "h", "i1", now=0.0, avoid=[6601, 6602])
+    assert lease.ports == (6604, 6605)
+
+
+def test_avoidSkipsPreviousPair(table):
+    """The previous pair is not reused when one of its ports is avoided."""
+    table.lease("a", "h", "ia", now=0.0)
+    table.lease("b", "h", "ib", now=0.0)
+    table.release("b", "ib", now=0.0)
+    assert table.lease("b", "h", "ib2", now=0.0, avoid={6603}).ports == (6604, 6605)
+
+
+def test_avoidMovesSameInstanceLease(table):
+    """A holder reporting its own ports as taken is moved, not handed the same pair forever."""
+    table.lease("demo", "h", "i1", now=0.0)
+    moved = table.lease("demo", "h", "i1", now=1.0, avoid=[6600])
+    assert moved.ports == (6602, 6603)
+    assert moved.granted == 1.0
+    assert table.lease("other", "h", "i2", now=1.0).ports == (6600, 6601)
+
+
+def test_avoidRejectsGarbage(table):
+    """Only port numbers may be avoided."""
+    for avoid in (["x"], [0], [True], [70000], None):
+        with pytest.raises(LeaseError):
+            table.lease("demo", "h", "i1", now=0.0, avoid=avoid)
+    assert len(table) == 0
+
+
+def test_exhaustionMessageAndConsistency():
+    """The 51st service gets a LeaseError naming the range; the table is unchanged (defect 9)."""
+    table = LeaseTable(6600, 6700, TTL)
+    for i in range(50):
+        table.lease(f"svc{i:02d}", "h", f"i{i}", now=0.0)
+    before = table.leases(1.0)
+    with pytest.raises(LeaseError) as caught:
+        table.lease("late", "h", "ilate", now=1.0)
+    assert not isinstance(caught.value, LeaseConflict)
+    assert str(caught.value) == "no free port pair in [6600, 6700): 50 services hold leases"
+    assert table.leases(1.0) == before
+    assert len(table) == 50
+    table.release("svc07", "i7", now=1.0)
+    assert table.lease("late", "h", "ilate", now=1.0).ports == (6614, 6615)
+
+
+def test_exhaustionByAvoidMentionsIt():
+    """When avoided ports leave nothing, the message says so and a moved lease stays put."""
+    table = LeaseTable(6600, 6604, TTL)
+    table.lease("a", "h", "ia", now=0.0)
+    with pytest.raises(LeaseError) as caught:
+        table.lease("a", "h", "ia", now=1.0, avoid=[6600, 6602])
+    assert str(caught.value) == (
+        "no free port pair in [6600, 6604): 1 service holds a lease,"
+        " 2 ports in use on the host avoided"
+    )
+    assert table.locate("a", now=1.0).ports == (6600, 6601)
+    assert table.locate("a", now=1.0).renewed == 0.0
+
+
+def test_registerAfterRouterRestart():
+    """A fresh router accepts the ports dispatchers already have bound, and grants around them."""
+    table = LeaseTable(6600, 6700, TTL)
+    b = table.register("B", "hostB", "ib", 6602, 6603, now=100.0)
+    assert (b.service, b.ports, b.granted, b.renewed) == ("b", (6602, 6603), 100.0, 100.0)
+    assert table.register("b", "hostB", "ib", 6602, 6603, now=101.0).renewed == 101.0
+    assert table.lease("a", "h", "ia", now=101.0).ports == (6600, 6601)
+    assert table.lease("c", "h", "ic", now=101.0).ports == (6604, 6605)
+    # The registered pair is remembered as b's previous pair.
+    table.release("b", "ib", now=102.0)
+    table.lease("d", "h", "id", now=102.0)  # lowest free: b's pair
+    table.release("d", "id", now=102.0)
+    assert table.lease("b", "hostB", "ib2", now=102.0).ports == (6602, 6603)
+
+
+def test_registerOutsideRange(table):
+    """Fixed ports outside the range are accepted but still block collisions."""
+    fixed = table.register("fixed", "h", "if", 7000, 7005, now=0.0)
+    assert fixed.ports == (7000, 7005)
+    assert not table.isPair(*fixed.ports)
+    with pytest.raises(LeaseConflict, match="port 7005 is held by service 'fixed'"):
+        table.register("other", "h", "io", 7005, 7006, now=0.0)
+
+
+def test_registerMisalignedBlocksNeighbours(table):
+    """A registered (6601, 6602) blocks both pairs it touches."""
+    table.register("odd", "h", "io", 6601, 6602, now=0.0)
+    assert table.lease("a", "h", "ia", now=0.0).ports == (6604, 6605)
+
+
+def test_registerCollision(table):
+    """Ports held by another live service are refused with the holder named."""
+    table.lease("a", "hostA", "ia", now=0.0)
+    with pytest.raises(LeaseConflict) as caught:
+        table.register("b", "hostB", "ib", 6601, 6650, now=1.0)
+    message = str(caught.value)
+    assert "port 6601 is held by service 'a' on host 'hostA'" in message
+    assert "expiring in 2.0 s" in message
+    assert table.locate("b", now=1.0) is None
+    # Once a's lease expires, b may register those ports.
+    assert table.register("b", "hostB", "ib", 6601, 6650, now=3.0).ports == (6601, 6650)
+
+
+def test_registerServiceHeldByOtherInstance(table):
+    """A second process cannot register a live service, whatever ports it offers."""
+    table.register("demo", "hostA", "i1", 6600, 6601, now=0.0)
+    with pytest.raises(LeaseConflict, match="instance 'i1'"):
+        table.register("demo", "hostB", "i2", 6610, 6611, now=1.0)
+    assert table.locate("demo", now=1.0).instance == "i1"
+
+
+def test_registerSameInstanceMoves(table):
+    """The holder re-registering other ports moves its lease and frees the old ones."""
+    table.lease("demo", "h", "i1", now=0.0)
+    moved = table.register("demo", "h", "i1", 6610, 6611, now=1.0)
+    assert moved.ports == (6610, 6611)
+    assert len(table) == 1
+    assert table.lease("x", "h", "ix", now=1.0).ports == (6600, 6601)
+
+
+@pytest.mark.parametrize(
+    "pair", [(6600, 6600), (0, 6601), (6600, 65536), (True, 6601), ("6600", 6601)]
+)
+def test_registerBadPorts(table, pair):
+    """Nonsense port numbers are a LeaseError, not a corrupt table."""
+    with pytest.raises(LeaseError):
+        table.register("demo", "h", "i1", *pair, now=0.0)
+    assert len(table) == 0
+
+
+def test_leasesSortedAndLeaseImmutable(table):
+    """leases() lists by service; a Lease cannot be changed behind the table's back."""
+    for name in ("c", "a", "b"):
+        table.lease(name, "h", name, now=0.0)
+    listed = table.leases(0.0)
+    assert [lease.service for lease in listed] == ["a", "b", "c"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        listed[0].renewed = 99.0
+
+
+def test_badServiceName(table):
+    """An empty or non-string service name is refused."""
+    for name in ("", None, 5):
+        with pytest.raises(LeaseError):
+            table.lease(name, "h", "i", now=0.0)
+
+
+def test_rememberIsBounded():
+    """Remembered pairs are capped, so a stream of one-off names cannot grow the table forever."""
+    table = LeaseTable(6600, 6610, TTL, remember=2)
+    for name in ("a", "b", "c"):
+        table.lease(name, "h", name, now=0.0)
+        table.release(name, name, now=0.0)
+    table.lease("x", "h", "x", now=0.0)  # lowest free pair
+    table.lease("y", "h", "y", now=0.0)
+    # "a" was forgotten: it gets the lowest free pair rather than insisting on its old one.
+    assert table.lease("a", "h", "a2", now=0.0).ports == (6604, 6605)
+    table.release("x", "x", now=0.0)
+    assert table.lease("b", "h", "b2", now=0.0).ports == (6600, 6601)
+
+
+# -- model-based test -----------------------------------------------------
+
+FIRST, LAST = 6600, 6610  # five pairs: exhaustion is reached often
+SERVICES = ["a", "b", "c", "d", "e", "f", "A"]
+INSTANCES = ["i1", "i2"]
+HOSTS = ["h1", "h2"]
+ALIGNED = [(p, p + 1) for p in range(FIRST, LAST - 1, 2)]
+EXPLICIT = ALIGNED + [(6601, 6602), (6609, 6610), (7000, 7001), (7000, 7002)]
+PORTS = sorted({port for pair in EXPLICIT for port in pair})
+
+
+@dataclasses.dataclass
+class ModelLease:
+    instance: str
+    ports: tuple
+    renewed: float
+    explicit: bool
+
+
+class LeaseMachine(RuleBasedStateMachine):
+    """Random lease/register/renew/release/advance steps against an in-memory model."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = LeaseTable(FIRST, LAST, TTL)
+        self.now = 0.0
+        self.live = {}
+        self.previous = {}
+
+    # model helpers
+
+    def modelExpire(self):
+        for name in [n for n, m in self.live.items() if self.now >= m.renewed + TTL]:
+            del self.live[name]
+
+    def taken(self):
+        return {port for m in self.live.values() for port in m.ports}
+
+    def modelStore(self, name, instance, pair, explicit=False):
+        self.live[name] = ModelLease(instance, pair, self.now, explicit)
+        if pair in ALIGNED:
+            self.previous[name] = pair
+
+    def assertUnchanged(self, before):
+        assert self.table.leases(self.now) == before
+
+    # rules
+
+    @rule(dt=st.sampled_from([0.0, 0.5, 1.0, 2.0, TTL, TTL + 0.5]))
+    def advance(self, dt):
+        self.now += dt
+
+    @rule(
+        service=st.sampled_from(SERVICES),
+        host=st.sampled_from(HOSTS),
+        instance=st.sampled_from(INSTANCES),
+        avoid=st.frozensets(st.sampled_from(PORTS), max_size=3),
+    )
+    def lease(self, service, host, instance, avoid):
+        self.modelExpire()
+        name = service.lower()
+        before = self.table.leases(self.now)
+        held = self.live.get(name)
+        try:
+            got = self.table.lease(service, host, instance, self.now, avoid=avoid)
+        except LeaseConflict:
+            assert held is not None and held.instance != instance
+            self.assertUnchanged(before)
+            return
+        except LeaseError:
+            blocked = self.taken() | avoid
+            assert all(blocked & set(p) for p in ALIGNED), "LeaseError while a pair was free"
+            self.assertUnchanged(before)
+            return
+        assert got.service == name and got.instance == instance
+        if held is not None:
+            assert held.instance == instance
+            if not avoid & set(held.ports):
+                assert got.ports == held.ports
+                self.modelStore(name, instance, got.ports, held.explicit)
+                return
+        taken = self.taken()
+        free = [p for p in ALIGNED if not (set(p) & (taken | avoid))]
+        prev = self.previous.get(name)
+        if prev in free:
+            assert got.ports == prev, "the previous pair was free but not reused"
+        else:
+            assert got.ports == free[0]
+        self.modelStore(name, instance, got.ports)
+
+    @rule(
+        service=st.sampled_from(SERVICES),
+        host=st.sampled_from(HOSTS),
+        instance=st.sampled_from(INSTANCES),
+        pair=st.sampled_from(EXPLICIT),
+    )
+    def register(self, service, host, instance, pair):
+        self.modelExpire()
+        name = service.lower()
+        before = self.table.leases(self.now)
+        held = self.live.get(name)
+        others = {port for n, m in self.live.items() if n != name for port in m.ports}
+        try:
+            got = self.table.register(service, host, instance, pair[0], pair[1], self.now)
+        except LeaseConflict:
+            assert (held is not None and held.instance != instance) or others & set(pair)
+            self.assertUnchanged(before)
+            return
+        assert not (held is not None and held.instance != instance)
+        assert not others & set(pair)
+        assert got.ports == pair
+        self.modelStore(name, instance, pair, explicit=True)
+
+    @rule(service=st.sampled_from(SERVICES), instance=st.sampled_from(INSTANCES))
+    def renew(self, service, instance):
+        self.modelExpire()
+        name = service.lower()
+        held = self.live.get(name)
+        try:
+            got = self.table.renew(service, instance, self.now)
+        except LeaseError:
+            assert held is None or held.instance != instance
+            return
+        assert held is not None and held.instance == instance
+        assert got.renewed == self.now and got.ports == held.ports
+        held.renewed = self.now
+
+    @rule(service=st.sampled_from(SERVICES), instance=st.sampled_from(INSTANCES))
+    def release(self, service, instance):
+        self.modelExpire()
+        name = service.lower()
+        held = self.live.get(name)
+        expected = held is not None and held.instance == instance
+        assert self.table.release(service, instance, self.now) is expected
+        if expected:
+            del self.live[name]
+
+    # invariants
+
+    @invariant()
+    def matchesModel(self):
+        self.modelExpire()
+        listed = self.table.leases(self.now)
+        actual = {lease.service: (lease.instance, lease.ports, lease.renewed) for lease in listed}
+        expected = {name: (m.instance, m.ports, m.renewed) for name, m in self.live.items()}
+        assert actual == expected
+        assert len(self.table) == len(listed)
+
+    @invariant()
+    def noPortTwiceOneLeasePerService(self):
+        listed = self.table.leases(self.now)
+        held = [port for lease in listed for port in lease.ports]
+        assert len(held) == len(set(held))
+        names = [lease.service for lease in listed]
+        assert len(names) == len(set(names))
+        assert all(lease.isLive(self.now) for lease in listed)
+
+    @invariant()
+    def pairsInRangeOrRegistered(self):
+        for lease in self.table.leases(self.now):
+            assert self.table.isPair(*lease.ports) or self.live[lease.service].explicit
+
+
+LeaseMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
+TestLeaseMachine = LeaseMachine.TestCase
