@@ -12,6 +12,7 @@ triggers a re-read.  A dispatcher that misses three heartbeats is reported
 disconnected; when it is heard again its monitors are primed again.
 """
 
+import math
 from collections import namedtuple
 
 from twisted.application import service
@@ -48,6 +49,8 @@ log = Logger()
 #: missed heartbeats after which a dispatcher is reported disconnected
 LIVENESS = 3
 DEFAULT_HEARTBEAT = 1.0
+#: the liveness check never runs more often than this (a hostile interval of 0)
+MIN_CHECK_PERIOD = 0.01
 
 KeywordValue = namedtuple("KeywordValue", "name binary ascii sequence timestamp epoch")
 KeywordValue.__doc__ = "One value of a keyword, as the dispatcher published it."
@@ -151,6 +154,11 @@ class ClientService(service.Service):
                 waiter.callback(result)
 
 
+def _checkPeriod(interval):
+    """How often to check liveness: every heartbeat, within sane bounds."""
+    return min(max(interval, MIN_CHECK_PERIOD), DEFAULT_HEARTBEAT)
+
+
 def _closeAndFail(failure, remote):
     remote.close()
     return failure
@@ -209,7 +217,7 @@ class RemoteService:
             keyword = RemoteKeyword(self, info)
             self._keywords[keyword.name] = keyword
         self._heard()
-        self._watchdog.start(self.heartbeatInterval, now=False)
+        self._watchdog.start(_checkPeriod(self.heartbeatInterval), now=False)
         return self
 
     def close(self):
@@ -278,7 +286,7 @@ class RemoteService:
             return
         self._noteEpoch(message.epoch)
         if isinstance(message, Heartbeat):
-            self.heartbeatInterval = message.interval
+            self._setHeartbeatInterval(message.interval)
             self._heard()
             self._checkSequences(message.sequences)
         elif isinstance(message, Update):
@@ -299,6 +307,15 @@ class RemoteService:
         if restarted:
             log.info("service {name} restarted (epoch {epoch})", name=self.name, epoch=epoch)
             self._reprime()
+
+    def _setHeartbeatInterval(self, interval):
+        """Follow the dispatcher's heartbeat interval, checking liveness as often."""
+        if interval == self.heartbeatInterval or not math.isfinite(interval) or interval <= 0:
+            return  # unchanged, or nonsense that would break the liveness check
+        self.heartbeatInterval = interval
+        if self._watchdog.running:
+            self._watchdog.stop()
+            self._watchdog.start(_checkPeriod(interval), now=False)
 
     def _heard(self):
         self._lastHeard = self._reactor.seconds()

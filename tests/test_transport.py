@@ -1,0 +1,170 @@
+"""Tests for cauldron.transport: safe socket options, identity routing, bounded reads."""
+
+import zmq
+from helpers import HOST, eventually
+from twisted.internet import defer
+from twisted.internet import reactor as globalReactor
+from twisted.trial import unittest
+
+from cauldron.transport import AddressInUse, Transport, bindAddress, portOf
+from cauldron.transport.sockets import (
+    HIGH_WATER_MARK,
+    LINGER_MS,
+    MAX_MESSAGE_BYTES,
+    READ_BATCH,
+)
+
+
+class AddressTests(unittest.TestCase):
+    """Pure helpers building and parsing addresses."""
+
+    def test_bindAddressTcp(self):
+        """A tcp address names the port, and port 0 asks for an ephemeral one."""
+        self.assertEqual(bindAddress("tcp", "127.0.0.1", 6511), "tcp://127.0.0.1:6511")
+        self.assertEqual(bindAddress("tcp", "127.0.0.1", 0), "tcp://127.0.0.1:*")
+
+    def test_bindAddressIpc(self):
+        """An ipc address puts the port in the path, with a wildcard for port 0."""
+        self.assertEqual(bindAddress("ipc", "/tmp/cld", 6511), "ipc:///tmp/cld-6511")
+        self.assertEqual(bindAddress("ipc", "/tmp/cld", 0), "ipc:///tmp/cld-*")
+
+    def test_portOf(self):
+        """portOf reads the port of a tcp address and gives 0 for other transports."""
+        self.assertEqual(portOf("tcp://127.0.0.1:6511"), 6511)
+        self.assertEqual(portOf("tcp://[::1]:40000"), 40000)
+        self.assertEqual(portOf("ipc:///tmp/cld-6511"), 0)
+
+
+class TransportTests(unittest.TestCase):
+    """Real sockets on the global reactor."""
+
+    def setUp(self):
+        self.transport = Transport(globalReactor)
+        self.addCleanup(self.transport.shutdown)
+
+    def test_socketOptions(self):
+        """Every socket type gets the high-water marks, the maximum message size and the linger."""
+        sockets = {
+            "router": self.transport.router(lambda identity, frames: None),
+            "dealer": self.transport.dealer(lambda frames: None),
+            "publisher": self.transport.publisher(),
+            "subscriber": self.transport.subscriber(lambda frames: None),
+        }
+        for kind, connection in sockets.items():
+            socket = connection.socket
+            self.assertEqual(socket.get(zmq.SNDHWM), HIGH_WATER_MARK, kind)
+            self.assertEqual(socket.get(zmq.RCVHWM), HIGH_WATER_MARK, kind)
+            self.assertEqual(socket.get(zmq.MAXMSGSIZE), MAX_MESSAGE_BYTES, kind)
+            self.assertEqual(socket.get(zmq.LINGER), LINGER_MS, kind)
+        self.assertEqual(sockets["router"].socket.get(zmq.TYPE), zmq.ROUTER)
+        self.assertEqual(sockets["dealer"].socket.get(zmq.TYPE), zmq.DEALER)
+        self.assertEqual(sockets["publisher"].socket.get(zmq.TYPE), zmq.PUB)
+        self.assertEqual(sockets["subscriber"].socket.get(zmq.TYPE), zmq.SUB)
+
+    def test_bindReturnsResolvedAddress(self):
+        """Binding port 0 returns the address actually bound, with a real port."""
+        router = self.transport.router(lambda identity, frames: None)
+        address = router.bind(bindAddress("tcp", HOST, 0))
+        self.assertTrue(address.startswith(f"tcp://{HOST}:"))
+        self.assertGreater(portOf(address), 0)
+
+    def test_addressInUse(self):
+        """Binding an address another socket holds raises AddressInUse naming it."""
+        first = self.transport.router(lambda identity, frames: None)
+        address = first.bind(bindAddress("tcp", HOST, 0))
+        second = self.transport.router(lambda identity, frames: None)
+        error = self.assertRaises(AddressInUse, second.bind, address)
+        self.assertEqual(error.address, address)
+        self.assertIn(address, str(error))
+
+    @defer.inlineCallbacks
+    def test_routerRepliesByIdentity(self):
+        """Two DEALERs using the same request id each get their own reply from a ROUTER."""
+        def echo(identity, frames):
+            router.sendTo(identity, frames)
+
+        router = self.transport.router(echo)
+        address = router.bind(bindAddress("tcp", HOST, 0))
+        got = {"A": [], "B": []}
+        dealers = {}
+        for name in got:
+            dealers[name] = self.transport.dealer(got[name].append)
+            dealers[name].connect(address)
+        for name, dealer in dealers.items():
+            dealer.send([b"1", name.encode()])
+        yield eventually(lambda: all(got.values()))
+        self.assertEqual(got["A"], [[b"1", b"A"]])
+        self.assertEqual(got["B"], [[b"1", b"B"]])
+
+    def test_sendToDepartedPeer(self):
+        """A reply to an identity that never connected is dropped, not raised."""
+        router = self.transport.router(lambda identity, frames: None)
+        router.bind(bindAddress("tcp", HOST, 0))
+        self.assertFalse(router.sendTo(b"\x00nobody", [b"x"]))
+
+    @defer.inlineCallbacks
+    def test_boundedReadBatch(self):
+        """After a burst of over READ_BATCH messages, the reactor runs before all are handled."""
+        total = 3 * READ_BATCH
+        handled = []
+        seenByTimer = []
+
+        def onMessage(identity, frames):
+            if not handled:
+                # Scheduled while the first batch is being handled: it must
+                # run before the rest of the burst is.
+                globalReactor.callLater(0, lambda: seenByTimer.append(len(handled)))
+            handled.append(frames)
+
+        router = self.transport.router(onMessage)
+        address = router.bind("inproc://cauldron-test-batch")
+        dealer = self.transport.dealer(lambda frames: None)
+        dealer.connect(address)
+        # inproc delivers at send time: the whole burst is queued before the
+        # reactor gets control again.
+        for i in range(total):
+            dealer.send([str(i).encode()])
+        yield eventually(lambda: len(handled) == total and seenByTimer)
+        self.assertLess(seenByTimer[0], total)
+        self.assertLessEqual(seenByTimer[0], READ_BATCH)
+        self.assertEqual([f[0] for f in handled], [str(i).encode() for i in range(total)])
+
+    @defer.inlineCallbacks
+    def test_subscriberTopics(self):
+        """A subscriber gets only the topics it subscribed to, until it unsubscribes."""
+        publisher = self.transport.publisher()
+        address = publisher.bind(bindAddress("tcp", HOST, 0))
+        got = []
+        subscriber = self.transport.subscriber(got.append)
+        subscriber.subscribe(b"A")
+        subscriber.connect(address)
+
+        def publish():
+            publisher.send([b"B", b"no"])
+            publisher.send([b"A", b"yes"])
+
+        # PUB drops messages until the subscription has arrived: publish until one lands.
+        yield eventually(lambda: publish() or got)
+        self.assertTrue(all(frames == [b"A", b"yes"] for frames in got))
+
+    def test_closeOneSocket(self):
+        """Closing one socket stops reading it and leaves the others open."""
+        router = self.transport.router(lambda identity, frames: None)
+        dealer = self.transport.dealer(lambda frames: None)
+        self.transport.close(router, discard=True)
+        self.assertTrue(router.closed)
+        self.assertNotIn(router, globalReactor.getReaders())
+        self.assertIn(dealer, globalReactor.getReaders())
+        self.transport.close(router)  # twice is harmless
+
+    def test_shutdownTwice(self):
+        """Transport.shutdown closes every socket and is safe to call again."""
+        connections = [
+            self.transport.router(lambda identity, frames: None),
+            self.transport.dealer(lambda frames: None),
+        ]
+        self.transport.shutdown()
+        self.transport.shutdown()
+        for connection in connections:
+            self.assertTrue(connection.closed)
+            self.assertNotIn(connection, globalReactor.getReaders())
