@@ -227,6 +227,8 @@ class RemoteService:
         self._closed = True
         if self._watchdog.running:
             self._watchdog.stop()
+        for keyword in self._keywords.values():
+            keyword._cancelActivation()
         self._channel.close()
         self._transport.close(self._subscriber)
 
@@ -285,9 +287,9 @@ class RemoteService:
         if message.service != self.name or message.epoch in self._staleEpochs:
             return
         self._noteEpoch(message.epoch)
+        self._heard()  # any broadcast shows the dispatcher is alive
         if isinstance(message, Heartbeat):
             self._setHeartbeatInterval(message.interval)
-            self._heard()
             self._checkSequences(message.sequences)
         elif isinstance(message, Update):
             keyword = self._keywords.get(message.keyword)
@@ -409,6 +411,8 @@ class RemoteKeyword:
         self.latest = None
         self._subscriptions = []
         self._subscribed = False
+        self._active = False
+        self._activation = []
         if info.get("sequence"):
             self._accept(KeywordValue(
                 self.name, info.get("binary"), info.get("ascii", ""),
@@ -489,8 +493,43 @@ class RemoteKeyword:
             and value.sequence > self.latest.sequence + 1
         )
         self._accept(value)
+        if not self._active:
+            self._activated()
         if gap:
             self._refresh()
+
+    def _activated(self):
+        """The first broadcast arrived: the subscription is live at the dispatcher."""
+        self._active = True
+        waiters, self._activation = self._activation, []
+        for d, timer in waiters:
+            timer.cancel()
+            d.callback(self.latest)
+
+    def _whenActive(self):
+        """Fires with the current value once the subscription is live.
+
+        The dispatcher answers every new subscription with the keyword's
+        current value; should that be lost, a read after the client's
+        timeout takes its place.
+        """
+        d = defer.Deferred()
+        timer = self.service._reactor.callLater(
+            self.service._client.timeout, self._activationLate, d
+        )
+        self._activation.append((d, timer))
+        return d
+
+    def _activationLate(self, d):
+        self._activation = [(w, t) for w, t in self._activation if w is not d]
+        self._read().chainDeferred(d)
+
+    def _cancelActivation(self):
+        waiters, self._activation = self._activation, []
+        for d, timer in waiters:
+            if timer.active():
+                timer.cancel()
+            d.cancel()
 
     def _refresh(self):
         """Re-read after a gap, a restart or a reconnection (errors are only logged)."""
@@ -508,11 +547,12 @@ class RemoteKeyword:
         subscription = Subscription(self, callback, prime)
         self._subscriptions.append(subscription)
         if not self._subscribed:
-            self.service._subscriber.subscribe(codec.topicFor(self.name))
             self._subscribed = True
+            self._active = False
+            self.service._subscriber.subscribe(codec.topicFor(self.name))
         if not prime:
             return defer.succeed(subscription)
-        d = self._read()
+        d = self._read() if self._active else self._whenActive()
         d.addCallbacks(subscription._primed, subscription._failed)
         return d
 
@@ -521,6 +561,8 @@ class RemoteKeyword:
             self._subscriptions.remove(subscription)
         if not self._subscriptions and self._subscribed:
             self._subscribed = False
+            self._active = False
+            self._cancelActivation()
             if not self.service._closed:
                 self.service._subscriber.unsubscribe(codec.topicFor(self.name))
 

@@ -17,6 +17,7 @@ from collections import deque
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from cauldron import config as _config
 from cauldron.errors import (
@@ -211,7 +212,7 @@ class DispatcherService(service.Service):
         router = self._transport.router(self._received)
         try:
             dispatch = router.bind(dispatchAddress)
-            publisher = self._transport.publisher()
+            publisher = self._transport.publisher(self._subscribed)
             try:
                 broadcast = publisher.bind(broadcastAddress)
             except Exception:
@@ -271,6 +272,9 @@ class DispatcherService(service.Service):
 
     def _publish(self, keyword):
         self._changed[keyword.name] = keyword.sequence
+        self._send(keyword)
+
+    def _send(self, keyword):
         if self._publisher is None:
             return
         update = Update(
@@ -278,6 +282,13 @@ class DispatcherService(service.Service):
             keyword.sequence, keyword.timestamp, self.epoch,
         )
         self._publisher.send(codec.encodeBroadcast(update))
+
+    def _subscribed(self, topic):
+        """A subscriber's subscription is live: send it the keyword's current value."""
+        name = codec.keywordOfTopic(topic)
+        keyword = self._keywords.get(name) if name else None
+        if keyword is not None and not keyword.writeonly:
+            self._send(keyword)
 
     def _beat(self):
         changed, self._changed = self._changed, {}
@@ -340,36 +351,49 @@ class DispatcherService(service.Service):
         keyword = self[request.keyword]
         if keyword.writeonly:
             raise WriteOnly(f"{self.name}.{keyword.name} is write-only")
-        d = self._readPath(keyword)
-        d.addCallback(lambda _: self._valueReply(request.id, keyword))
-        return d
+        done = _runHooks(keyword, READ_PATH)
+        if isinstance(done, defer.Deferred):
+            return done.addCallback(lambda _: self._valueReply(request.id, keyword))
+        return self._valueReply(request.id, keyword)
 
     def _handleWrite(self, request):
         keyword = self[request.keyword]
         if keyword.readonly:
             raise ReadOnly(f"{self.name}.{keyword.name} is read-only")
         binary = keyword.toBinary(request.value)
-        queue = self._writeQueues.setdefault(keyword.name, deque())
-        done = defer.Deferred()
-        queue.append((binary, done))
-        if len(queue) == 1:
-            self._runNextWrite(keyword, queue)
-        done.addCallback(lambda _: self._valueReply(request.id, keyword))
-        return done
+        queue = self._writeQueues.get(keyword.name)
+        if queue is None:
+            done = _runHooks(keyword, WRITE_PATH, binary)
+            if not isinstance(done, defer.Deferred):
+                return self._valueReply(request.id, keyword)
+            # A slow write: later writes to this keyword wait for it, in order.
+            queue = self._writeQueues[keyword.name] = deque()
+            finished = defer.Deferred()
+            queue.append((binary, finished))
+            done.addBoth(self._writeFinished, keyword, queue).chainDeferred(finished)
+        else:
+            finished = defer.Deferred()
+            queue.append((binary, finished))
+        return finished.addCallback(lambda _: self._valueReply(request.id, keyword))
 
-    def _runNextWrite(self, keyword, queue):
-        """Run the oldest queued write of ``keyword``; the next starts when it ends."""
-        binary, done = queue[0]
-
-        def advance(result):
+    def _writeFinished(self, result, keyword, queue):
+        """The oldest queued write ended: run the next ones (until one is slow)."""
+        queue.popleft()
+        while queue:
+            binary, finished = queue[0]
+            try:
+                done = _runHooks(keyword, WRITE_PATH, binary)
+            except Exception as e:
+                queue.popleft()
+                finished.errback(e)
+                continue
+            if isinstance(done, defer.Deferred):
+                done.addBoth(self._writeFinished, keyword, queue).chainDeferred(finished)
+                return result
             queue.popleft()
-            if queue:
-                self._runNextWrite(keyword, queue)
-            else:
-                self._writeQueues.pop(keyword.name, None)
-            return result
-
-        self._writePath(keyword, binary).addBoth(advance).chainDeferred(done)
+            finished.callback(None)
+        del self._writeQueues[keyword.name]
+        return result
 
     def _handleDescribe(self, request):
         names = self.keywords() if request.keywords is None else request.keywords
@@ -390,38 +414,56 @@ class DispatcherService(service.Service):
         Ping: _handlePing,
     }
 
-    # -- hook pipelines (each step may return a Deferred)
-
     def _readPath(self, keyword):
-        """preread -> read -> postread; fires when done (failing with the hook's error)."""
-        d = _hook(keyword, "preread")
-        d.addCallback(lambda _: _hook(keyword, "read"))
-        d.addCallback(lambda value: _hook(keyword, "postread", value))
-        return d
-
-    def _writePath(self, keyword, binary):
-        """check -> prewrite -> write -> postwrite, run once."""
-        d = _hook(keyword, "check", binary)
-        d.addCallback(lambda _: _hook(keyword, "prewrite", binary))
-        d.addCallback(
-            lambda value: _hook(keyword, "write", value).addCallback(lambda _: value)
-        )
-        d.addCallback(lambda value: _hook(keyword, "postwrite", value))
-        return d
+        """preread -> read -> postread, as a Deferred (for periodic reads)."""
+        return defer.maybeDeferred(_runHooks, keyword, READ_PATH)
 
 
-def _hook(keyword, name, *args):
-    """Call one hook; a Deferred either way, failing with a typed error."""
-    d = defer.maybeDeferred(getattr(keyword, name), *args)
-    d.addErrback(_typedHookError, keyword, name)
-    return d
+#: The hook pipelines: (hook, called with the value, returns the new value).
+READ_PATH = (("preread", False, False), ("read", False, True), ("postread", True, False))
+WRITE_PATH = (
+    ("check", True, False),
+    ("prewrite", True, True),
+    ("write", True, False),
+    ("postwrite", True, False),
+)
+
+
+def _runHooks(keyword, path, value=None, start=0):
+    """Run the hooks of ``path`` in order, each at most once.
+
+    Synchronous hooks run inline (the common case costs no Deferred); from the
+    first hook that returns a Deferred on, the rest are chained to it and
+    that Deferred is returned.  Errors are raised (or fail the Deferred) as
+    typed :mod:`cauldron.errors` exceptions.
+    """
+    for index in range(start, len(path)):
+        name, takesValue, givesValue = path[index]
+        hook = getattr(keyword, name)
+        try:
+            result = hook(value) if takesValue else hook()
+        except Exception as e:
+            raise _typedError(e, keyword, name) from None
+        if isinstance(result, defer.Deferred):
+            result.addErrback(_typedHookError, keyword, name)
+            kept = value
+            return result.addCallback(
+                lambda r, i=index, g=givesValue: _runHooks(keyword, path, r if g else kept, i + 1)
+            )
+        if givesValue:
+            value = result
+    return None
 
 
 def _typedHookError(failure, keyword, name):
-    error = failure.value
+    raise _typedError(failure.value, keyword, name)
+
+
+def _typedError(error, keyword, name):
+    """The cauldron error a client sees for an exception raised by a hook."""
     if isinstance(error, CauldronError):
-        return failure
+        return error
     if isinstance(error, (ValueError, TypeError)):
-        raise BadValue(f"{keyword.name}: {error}")
-    log.failure("{kw}: {hook} hook failed", failure, kw=keyword.name, hook=name)
-    raise HookError(f"{keyword.name}: {name} failed: {type(error).__name__}: {error}")
+        return BadValue(f"{keyword.name}: {error}")
+    log.failure("{kw}: {hook} hook failed", Failure(error), kw=keyword.name, hook=name)
+    return HookError(f"{keyword.name}: {name} failed: {type(error).__name__}: {error}")

@@ -233,6 +233,8 @@ class Basic:
         self.initial = initial
 
         self.value = None
+        self._asciiOf = None
+        self._asciiText = None
         self.sequence = 0
         self.timestamp = None
         self.service = None
@@ -344,8 +346,15 @@ class Basic:
 
     @property
     def ascii(self):
-        """The current value as text (``""`` when there is none)."""
-        return self.toAscii(self.value)
+        """The current value as text (``""`` when there is none).
+
+        Cached per value: formatting on every read and broadcast is wasted work.
+        """
+        value = self.value
+        if self._asciiOf is not value or self._asciiText is None:
+            self._asciiText = self.toAscii(value)
+            self._asciiOf = value
+        return self._asciiText
 
     # -- value state
 

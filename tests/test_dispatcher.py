@@ -56,8 +56,14 @@ class Listener:
         return [m for m in self.messages if isinstance(m, Heartbeat)]
 
     def ready(self):
-        """Fires once a heartbeat arrived (so every subscription is active)."""
-        return eventually(lambda: self.heartbeats())
+        """Fires once a heartbeat arrived (so every subscription is active).
+
+        What arrived before (the current values sent to new subscriptions)
+        is cleared, so tests see only what they cause.
+        """
+        d = eventually(lambda: self.heartbeats())
+        d.addCallback(lambda _: self.messages.clear())
+        return d
 
 
 class Recording(keywords.Double):
@@ -484,6 +490,17 @@ class BroadcastTests(unittest.TestCase):
         self.assertEqual([(u.keyword, u.binary) for u in listener.updates()], [("KW1", 7)])
 
     @defer.inlineCallbacks
+    def test_newSubscriptionGetsCurrentValue(self):
+        """A new subscription to a keyword is answered with its current value at once."""
+        temp = keywords.Integer("TEMP", initial=4)
+        empty = keywords.Integer("EMPTY")
+        dispatcher = yield startDispatcher(self, [temp, empty], heartbeatInterval=5)
+        listener = Listener(self, dispatcher, [codec.topicFor("TEMP"), codec.topicFor("EMPTY")])
+        yield eventually(lambda: len(listener.updates()) == 2)
+        current = {u.keyword: (u.binary, u.sequence) for u in listener.updates()}
+        self.assertEqual(current, {"TEMP": (4, temp.sequence), "EMPTY": (None, 0)})
+
+    @defer.inlineCallbacks
     def test_setBroadcastsOnlyChanges(self):
         """keyword.set() publishes only a changed value, unless forced."""
         temp = keywords.Integer("TEMP", initial=1)
@@ -513,7 +530,7 @@ class BroadcastTests(unittest.TestCase):
         yield listener.ready()
         temp.set(10)
         temp.set(11)
-        yield eventually(lambda: any(b.sequences for b in listener.heartbeats()[1:]))
+        yield eventually(lambda: any(b.sequences for b in listener.heartbeats()))
         beats = listener.heartbeats()
         carrying = [b for b in beats if b.sequences]
         self.assertEqual(carrying[-1].sequences, {"TEMP": temp.sequence})

@@ -58,7 +58,7 @@ class TransportTests(unittest.TestCase):
             self.assertEqual(socket.get(zmq.LINGER), LINGER_MS, kind)
         self.assertEqual(sockets["router"].socket.get(zmq.TYPE), zmq.ROUTER)
         self.assertEqual(sockets["dealer"].socket.get(zmq.TYPE), zmq.DEALER)
-        self.assertEqual(sockets["publisher"].socket.get(zmq.TYPE), zmq.PUB)
+        self.assertEqual(sockets["publisher"].socket.get(zmq.TYPE), zmq.XPUB)
         self.assertEqual(sockets["subscriber"].socket.get(zmq.TYPE), zmq.SUB)
 
     def test_bindReturnsResolvedAddress(self):

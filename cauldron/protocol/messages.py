@@ -154,14 +154,19 @@ class Ok(_Message, tag="ok"):
 
 
 class Update(_Message, tag="update"):
-    """A keyword's new value, numbered per keyword by ``sequence`` within ``epoch``."""
+    """A keyword's new value, numbered per keyword by ``sequence`` within ``epoch``.
+
+    Also sent, unchanged, when a new subscription to the keyword arrives, so
+    the subscriber learns both the current value and that it is subscribed
+    (a keyword that never had a value has ``binary`` None, ``sequence`` 0).
+    """
 
     service: str
     keyword: str
     binary: Any
     ascii: str
     sequence: int
-    timestamp: float
+    timestamp: float | None
     epoch: str
 
     def __post_init__(self):

@@ -44,6 +44,12 @@ RECONNECT_MAX_MS = 1000
 
 log = Logger()
 
+# Plain ints: OR-ing pyzmq's flag enums on every frame costs more than the send.
+_SEND_LAST = int(zmq.NOBLOCK)
+_SEND_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+
 
 class QueueFull(Exception):
     """The peer's queue is at its high-water mark (or there is no peer yet)."""
@@ -136,13 +142,19 @@ class _Connection(ZmqConnection):
 
     def send(self, frames):
         """Send without blocking; :class:`QueueFull` when the peer's queue is full."""
+        self._sendFrames(frames)
+        # ZMQ_FD is edge-triggered and a send may consume the edge: look once.
+        if self.socket.getsockopt(_EVENTS) & _POLLIN:
+            self._scheduleRead()
+
+    def _sendFrames(self, frames):
+        send = self.socket.send
         try:
-            self.socket.send_multipart(frames, zmq.NOBLOCK)
+            for frame in frames[:-1]:
+                send(frame, _SEND_MORE)
+            send(frames[-1], _SEND_LAST)
         except zmq.Again:
             raise QueueFull(repr(self)) from None
-        # ZMQ_FD is edge-triggered and a send may consume the edge: look once.
-        if self.socket.get(zmq.EVENTS) & zmq.POLLIN:
-            self._scheduleRead()
 
     def shutdown(self):
         if self.closed:
@@ -199,12 +211,33 @@ class DealerConnection(_Connection):
 
 
 class PublisherConnection(_Connection):
-    """A PUB: drops (never blocks) when a subscriber is at its high-water mark."""
+    """A publisher that hears subscriptions (an XPUB socket).
 
-    socketType = zmq.PUB
+    ``onSubscribe(topic)`` is called for every subscription a subscriber
+    makes, so the publisher can send the topic's current value at once: the
+    subscriber then knows its subscription is live and has the latest value
+    (ZeroMQ's slow-joiner problem).  Sending drops, never blocks, when a
+    subscriber is at its high-water mark.
+    """
 
-    def __init__(self, factory):
-        super().__init__(factory, lambda frames: None)
+    socketType = zmq.XPUB
+
+    def __init__(self, factory, onSubscribe=None):
+        self._onSubscribe = onSubscribe or (lambda topic: None)
+        super().__init__(factory, self._subscriptionReceived)
+
+    def _configure(self, socket):
+        socket.set(zmq.XPUB_VERBOSE, 1)
+
+    def _subscriptionReceived(self, frames):
+        if len(frames) == 1 and frames[0][:1] == b"\x01":
+            self._onSubscribe(frames[0][1:])
+        else:
+            self.malformed += 1
+
+    def send(self, frames):
+        """Publish; never blocks and never raises for slow subscribers."""
+        self._sendFrames(frames)
 
 
 class SubscriberConnection(_Connection):
@@ -244,8 +277,8 @@ class Transport:
     def dealer(self, onMessage):
         return DealerConnection(self._factory, onMessage)
 
-    def publisher(self):
-        return PublisherConnection(self._factory)
+    def publisher(self, onSubscribe=None):
+        return PublisherConnection(self._factory, onSubscribe)
 
     def subscriber(self, onMessage):
         return SubscriberConnection(self._factory, onMessage)
