@@ -1,0 +1,742 @@
+#!/usr/bin/env python
+"""Keyword throughput of cauldron against raw pyzmq, measured in the same run.
+
+    python bench/keywords.py [--quick] [--rounds N] [--profile DIR]
+
+Every measurement runs a fresh server process and a fresh client process on
+127.0.0.1 (this same script, in a ``--role`` mode).  Cauldron's dispatcher
+runs in direct mode (no router).  Each round runs, per scenario, cauldron and
+then raw pyzmq doing the same shape of work (the order flips every round);
+the ratio cauldron / raw is computed within the round and the median over
+rounds is printed, one line per scenario:
+
+    NAME cauldron=<n>/s raw=<n>/s ratio=<r>
+
+Scenarios:
+
+* ``read``: sequential ``kw.read()`` of a Double keyword, each awaited, vs a
+  raw REQ -> ROUTER echo of a 50 byte single-frame payload;
+* ``write``: sequential ``kw.write(v)`` with a new value each time (each
+  write completes and is broadcast) vs the same raw echo;
+* ``read-64``: reads with 64 in flight vs raw DEALER -> ROUTER with 64 in
+  flight;
+* ``broadcast``: the dispatcher calls ``COUNT.set(i)`` for i in range(N) as
+  fast as it can, in batches yielding to the reactor, while the client
+  monitors COUNT; no update may be lost.  The PUB high-water mark is 1000,
+  so the producer is paced by a window: at most ``--window`` updates not yet
+  acknowledged by the client, which writes the highest value seen to the ACK
+  keyword every ``--ack-every`` updates.  (ZeroMQ reports reads to the writer
+  only every HWM/2 messages, so a window near the HWM loses updates: 900
+  did, 400 does not.)  Raw: PUB -> SUB of single-frame messages of the same
+  size, unlimited high-water marks, a sequence number checked for gaps.
+  Slow joiners are handled in both by warm-up messages sent every 1 ms until
+  the subscriber confirms on a side channel.
+
+Per-round details go to stderr; stdout has a ``#`` header and the lines above.
+"""
+
+import argparse
+import json
+import os
+import select
+import signal
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+SCENARIOS = ("read", "write", "read-64", "broadcast")
+RAW_KIND = {"read": "seq", "write": "seq", "read-64": "pipe", "broadcast": "pubsub"}
+DEPTH = 64
+
+#: operation counts; every loop also stops at ``budget`` seconds
+PRESETS = {
+    "quick": dict(rounds=1, seq=4000, rawSeq=10000, pipe=15000, rawPipe=100000,
+                  bcast=50000, rawBcast=500000, warm=300, budget=3.0),
+    "full": dict(rounds=3, seq=10000, rawSeq=20000, pipe=50000, rawPipe=100000,
+                 bcast=100000, rawBcast=1000000, warm=1000, budget=10.0),
+}
+
+# Raw messages are single frames (the cheapest raw pyzmq can do, as in the
+# notes' anchors); their sizes match cauldron's: a read request and its reply
+# are 16 and 58 bytes over two frames, an Update 70 bytes over three.
+ECHO_PAYLOAD = b"x" * 50
+BCAST_TOPIC = b"KCOUNT\x00"
+BCAST_PAD = b"y" * (70 - len(BCAST_TOPIC) - 8)
+WARM_TOPIC = b"W\x00"
+
+
+def emit(obj):
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def note(text):
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+# ---------------------------------------------------------------- children
+
+
+def cpuTimes(pid=None):
+    """CPU seconds used so far by this process, or by process ``pid`` (Linux)."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+class CpuMeter:
+    """CPU used by this process and by the server process over a timed loop."""
+
+    def __init__(self, serverPid):
+        self.serverPid = serverPid
+        self.start = (cpuTimes(), cpuTimes(serverPid))
+
+    def result(self, ops):
+        client = cpuTimes() - self.start[0]
+        server = cpuTimes(self.serverPid) - self.start[1]
+        ops = max(ops, 1)
+        return dict(clientCpuUs=round(client / ops * 1e6, 1),
+                    serverCpuUs=round(server / ops * 1e6, 1))
+
+
+def childSetup(opts):
+    """Hard timeout for a child: SIGALRM's default action ends the process."""
+    signal.alarm(max(1, int(opts.deadline)))
+
+
+def startTwistedLogging():
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    observer = FilteringLogObserver(
+        textFileLogObserver(sys.stderr),
+        [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)],
+    )
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+
+def runProfiled(opts, fn):
+    if not opts.profile:
+        return fn()
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        return fn()
+    finally:
+        profiler.disable()
+        profiler.dump_stats(opts.profile)
+
+
+def roleDispatcher(opts):
+    """Serve TEMP (Double), COUNT, WARMUP, BURST and ACK until SIGTERM."""
+    from twisted.internet import reactor, task
+
+    from cauldron import config, keywords
+    from cauldron.dispatcher import DispatcherService
+
+    startTwistedLogging()
+    state = dict(acked=0, next=0, total=0, waiting=False, warm=None, warmValue=0)
+    count = keywords.Integer("COUNT")
+
+    def warmStep():
+        state["warmValue"] -= 1
+        count.set(state["warmValue"])
+
+    def startWarmup(value):
+        if state["warm"] is None:
+            state["warm"] = task.LoopingCall(warmStep)
+            state["warm"].clock = reactor
+            state["warm"].start(0.001)
+
+    def startBurst(value):
+        if state["warm"] is not None and state["warm"].running:
+            state["warm"].stop()
+        state.update(total=int(value), next=0, acked=0, waiting=False)
+        reactor.callLater(0, produce)
+
+    def produce():
+        limit = min(state["total"], state["acked"] + opts.window, state["next"] + opts.batch)
+        i = state["next"]
+        while i < limit:
+            count.set(i)
+            i += 1
+        state["next"] = i
+        if i >= state["total"]:
+            return
+        if i < state["acked"] + opts.window:
+            reactor.callLater(0, produce)
+        else:
+            state["waiting"] = True
+
+    def acknowledged(keyword):
+        state["acked"] = max(state["acked"], keyword.value or 0)
+        if state["waiting"] and state["next"] < state["acked"] + opts.window:
+            state["waiting"] = False
+            reactor.callLater(0, produce)
+
+    ack = keywords.Integer("ACK", initial=0)
+    ack.addListener(acknowledged)
+    served = [
+        keywords.Double("TEMP", initial=0.0, units="K"),
+        count,
+        keywords.Integer("WARMUP", initial=0, write=startWarmup),
+        keywords.Integer("BURST", initial=0, write=startBurst),
+        ack,
+    ]
+    cfg = config.Config.fromMapping({
+        "zmq": {"host": "127.0.0.1", "dispatch-port": 0, "broadcast-port": 0},
+        "zmq-router": {"enable": "no"},
+    })
+    dispatcher = DispatcherService("bench", cfg, served, reactor=reactor)
+
+    def ready(addresses):
+        emit({"dispatch": addresses[0], "broadcast": addresses[1], "pid": os.getpid()})
+
+    def failed(failure):
+        emit({"error": failure.getErrorMessage()})
+        reactor.stop()
+
+    reactor.callWhenRunning(dispatcher.startService)
+    dispatcher.whenReady().addCallbacks(ready, failed)
+    reactor.addSystemEventTrigger("before", "shutdown", dispatcher.stopService)
+    runProfiled(opts, reactor.run)
+
+
+def sequential(op, count, budget, perf=time.perf_counter):
+    """Run ``op()`` (a Deferred) ``count`` times, one at a time.
+
+    Fires with ``(completed, seconds)``; stops early after ``budget`` s.
+    """
+    from twisted.internet import defer
+
+    done = defer.Deferred()
+    state = [0]
+    start = perf()
+    deadline = start + budget
+
+    def step(_):
+        n = state[0]
+        if n >= count or perf() > deadline:
+            done.callback((n, perf() - start))
+            return
+        state[0] = n + 1
+        op().addCallbacks(step, failed)
+
+    def failed(failure):
+        if not done.called:
+            done.errback(failure)
+
+    step(None)
+    return done
+
+
+def pipelined(op, count, depth, budget, perf=time.perf_counter):
+    """Keep ``depth`` of ``op()`` in flight until ``count`` completed (or the budget)."""
+    from twisted.internet import defer
+
+    done = defer.Deferred()
+    state = dict(issued=0, completed=0, stopped=False)
+    start = perf()
+    deadline = start + budget
+
+    def issue():
+        state["issued"] += 1
+        op().addCallbacks(completed, failed)
+
+    def completed(_):
+        state["completed"] += 1
+        if not state["stopped"] and perf() > deadline:
+            state["stopped"] = True
+        if not state["stopped"] and state["issued"] < count:
+            issue()
+        elif state["completed"] == state["issued"] and not done.called:
+            done.callback((state["completed"], perf() - start))
+
+    def failed(failure):
+        if not done.called:
+            done.errback(failure)
+
+    for _ in range(min(depth, count)):
+        issue()
+    return done
+
+
+def roleClient(opts):
+    from twisted.internet import defer, reactor
+    from twisted.python.failure import Failure
+
+    from cauldron import config
+    from cauldron.client import ClientService
+
+    startTwistedLogging()
+    ports = json.loads(opts.ports)
+    cfg = config.Config.fromMapping({
+        "zmq": {
+            "host": "127.0.0.1",
+            "dispatch-port": int(ports["dispatch"].rsplit(":", 1)[1]),
+            "broadcast-port": int(ports["broadcast"].rsplit(":", 1)[1]),
+        },
+        "zmq-router": {"enable": "no"},
+    })
+    client = ClientService(cfg, reactor=reactor, timeout=30)
+    result = {}
+
+    @defer.inlineCallbacks
+    def main():
+        client.startService()
+        svc = yield client.service("bench")
+        if opts.scenario == "broadcast":
+            result.update((yield broadcastClient(opts, svc, ports["pid"])))
+            return
+        temp = svc["TEMP"]
+        op = temp.read
+        if opts.scenario == "write":
+            values = iter(range(1, 1 << 40))
+
+            def op():
+                return temp.write(next(values) * 0.5)
+        if opts.scenario == "read-64":
+            yield pipelined(op, opts.warm * 4, DEPTH, opts.budget)
+            meter = CpuMeter(ports["pid"])
+            n, seconds = yield pipelined(op, opts.ops, DEPTH, opts.budget)
+        else:
+            yield sequential(op, opts.warm, opts.budget)
+            meter = CpuMeter(ports["pid"])
+            n, seconds = yield sequential(op, opts.ops, opts.budget)
+        result.update(ops=n, seconds=seconds, rate=n / seconds, **meter.result(n))
+
+    def finish(outcome):
+        if isinstance(outcome, Failure):
+            result["error"] = f"{outcome.type.__name__}: {outcome.getErrorMessage()}"
+        d = client.stopService()
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(lambda: main().addBoth(finish))
+    runProfiled(opts, reactor.run)
+    emit(result)
+
+
+def broadcastClient(opts, svc, serverPid):
+    """Monitor COUNT while the dispatcher sets it 0..N-1; count what arrives in order."""
+    from twisted.internet import defer, reactor, task
+
+    perf = time.perf_counter
+    total = opts.ops
+    ackKeyword = svc["ACK"]
+    warmed = defer.Deferred()
+    finished = defer.Deferred()
+    st = dict(expected=0, delivered=0, lost=0, lastAck=0, last=None, start=None,
+              ackErrors=0, progress=perf())
+
+    def ackFailed(failure):
+        st["ackErrors"] += 1
+
+    def onValue(value):
+        v = value.binary
+        if v is None:
+            return
+        if v < 0:
+            if not warmed.called:
+                warmed.callback(None)
+            return
+        if finished.called or st["start"] is None:
+            return
+        now = perf()
+        if v != st["expected"]:
+            st["lost"] += max(0, v - st["expected"])
+        st["expected"] = v + 1
+        st["delivered"] += 1
+        st["last"] = st["progress"] = now
+        if v + 1 - st["lastAck"] >= opts.ack_every:
+            st["lastAck"] = v + 1
+            ackKeyword.write(v + 1).addErrback(ackFailed)
+        if v + 1 >= total or now - st["start"] > opts.budget:
+            finished.callback(None)
+
+    def watchdog():
+        if perf() - st["progress"] > 3.0 and not finished.called:
+            finished.callback("stalled")
+
+    @defer.inlineCallbacks
+    def run():
+        subscription = yield svc["COUNT"].monitor(onValue)
+        yield svc["WARMUP"].write(1)
+        timer = reactor.callLater(10, lambda: warmed.called or warmed.errback(
+            RuntimeError("no warm-up update within 10 s")))
+        yield warmed
+        if timer.active():
+            timer.cancel()
+        st["start"] = st["progress"] = perf()
+        meter = CpuMeter(serverPid)
+        svc["BURST"].write(total)
+        loop = task.LoopingCall(watchdog)
+        loop.clock = reactor
+        loop.start(0.5, now=False)
+        outcome = yield finished
+        loop.stop()
+        subscription.stop()
+        seconds = (st["last"] or perf()) - st["start"]
+        out = dict(ops=st["delivered"], seconds=seconds, rate=st["delivered"] / seconds,
+                   lost=st["lost"], ackErrors=st["ackErrors"], **meter.result(st["delivered"]))
+        if outcome == "stalled":
+            out["stalled"] = True
+        return out
+
+    return run()
+
+
+def roleRawServer(opts):
+    import zmq
+
+    ctx = zmq.Context()
+    deadline = time.monotonic() + opts.deadline
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+    try:
+        if opts.kind == "echo":
+            sock = ctx.socket(zmq.ROUTER)
+            sock.linger = 0
+            port = sock.bind_to_random_port("tcp://127.0.0.1")
+            emit({"port": port, "pid": os.getpid()})
+            sock.rcvtimeo = 500
+            recv, send = sock.recv_multipart, sock.send_multipart
+            while time.monotonic() < deadline:  # frames: identity, payload
+                try:
+                    frames = recv()
+                except zmq.Again:
+                    continue
+                send(frames)
+        else:
+            pub = ctx.socket(zmq.PUB)
+            pub.linger = 0
+            pub.sndhwm = 0
+            pubPort = pub.bind_to_random_port("tcp://127.0.0.1")
+            rep = ctx.socket(zmq.REP)
+            rep.linger = 0
+            repPort = rep.bind_to_random_port("tcp://127.0.0.1")
+            emit({"pub": pubPort, "rep": repPort, "pid": os.getpid()})
+            while time.monotonic() < deadline:
+                pub.send(WARM_TOPIC + BCAST_PAD)
+                if rep.poll(1):
+                    total = int(rep.recv())
+                    break
+            else:
+                return
+            rep.send(b"go")
+            send, pack = pub.send, struct.pack
+            for seq in range(total):
+                send(BCAST_TOPIC + pack(">Q", seq) + BCAST_PAD)
+            while time.monotonic() < deadline and not rep.poll(200):
+                pass
+    finally:
+        ctx.destroy(linger=0)
+
+
+def roleRawClient(opts):
+    import zmq
+
+    ports = json.loads(opts.ports)
+    ctx = zmq.Context()
+    perf = time.perf_counter
+    result = {}
+    try:
+        if opts.kind in ("seq", "pipe"):
+            sock = ctx.socket(zmq.REQ if opts.kind == "seq" else zmq.DEALER)
+            sock.linger = 0
+            sock.connect(f"tcp://127.0.0.1:{ports['port']}")
+            run = rawSequential if opts.kind == "seq" else rawPipelined
+            run(sock, ECHO_PAYLOAD, opts.warm * (1 if opts.kind == "seq" else 4), opts.budget)
+            meter = CpuMeter(ports["pid"])
+            n, seconds = run(sock, ECHO_PAYLOAD, opts.ops, opts.budget)
+            result.update(ops=n, seconds=seconds, rate=n / seconds, **meter.result(n))
+        else:
+            sub = ctx.socket(zmq.SUB)
+            sub.linger = 0
+            sub.rcvhwm = 0
+            sub.subscribe(b"")
+            sub.connect(f"tcp://127.0.0.1:{ports['pub']}")
+            req = ctx.socket(zmq.REQ)
+            req.linger = 0
+            req.connect(f"tcp://127.0.0.1:{ports['rep']}")
+            if not sub.poll(10000):
+                raise RuntimeError("no warm-up message within 10 s")
+            start = perf()
+            meter = CpuMeter(ports["pid"])
+            req.send(str(opts.ops).encode())
+            req.recv()
+            expected = delivered = lost = 0
+            last = start
+            sub.rcvtimeo = 2000
+            recv, unpack, skip = sub.recv, struct.unpack_from, len(BCAST_TOPIC)
+            while delivered < opts.ops:
+                try:
+                    message = recv()
+                except zmq.Again:
+                    result["stalled"] = True
+                    break
+                if message.startswith(WARM_TOPIC):
+                    continue
+                seq = unpack(">Q", message, skip)[0]
+                if seq != expected:
+                    lost += max(0, seq - expected)
+                expected = seq + 1
+                delivered += 1
+                if not delivered & 1023:
+                    last = perf()
+                    if last - start > opts.budget:
+                        break
+            last = perf()
+            req.send(b"done")
+            seconds = last - start
+            result.update(ops=delivered, seconds=seconds, rate=delivered / seconds, lost=lost,
+                          **meter.result(delivered))
+    except Exception as e:
+        result["error"] = f"{type(e).__name__}: {e}"
+    finally:
+        ctx.destroy(linger=0)
+    emit(result)
+
+
+def rawSequential(sock, payload, count, budget, perf=time.perf_counter):
+    send, recv = sock.send, sock.recv
+    start = perf()
+    deadline = start + budget
+    n = 0
+    while n < count:
+        send(payload)
+        recv()
+        n += 1
+        if perf() > deadline:
+            break
+    return n, perf() - start
+
+
+def rawPipelined(sock, payload, count, budget, perf=time.perf_counter):
+    send, recv = sock.send, sock.recv
+    start = perf()
+    deadline = start + budget
+    issued = completed = 0
+    for _ in range(min(DEPTH, count)):
+        send(payload)
+        issued += 1
+    stop = False
+    while completed < issued:
+        recv()
+        completed += 1
+        if not stop and issued < count:
+            if not completed & 255 and perf() > deadline:
+                stop = True
+            else:
+                send(payload)
+                issued += 1
+    return completed, perf() - start
+
+
+# ---------------------------------------------------------------- parent
+
+
+class Child:
+    """A child process of this script whose stdout carries JSON lines."""
+
+    live = []
+
+    def __init__(self, args, timeout):
+        self.timeout = timeout
+        self.log = tempfile.TemporaryFile()
+        cmd = [sys.executable, os.path.abspath(__file__), *args,
+               "--deadline", str(int(timeout) + 1)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log,
+                                     stdin=subprocess.DEVNULL)
+        self.buffer = b""
+        Child.live.append(self)
+
+    def readJson(self, timeout=None):
+        end = time.monotonic() + (self.timeout if timeout is None else timeout)
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self.buffer:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise RuntimeError(f"child {self.proc.args[2:5]} timed out")
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    raise RuntimeError(
+                        f"child {self.proc.args[2:5]} exited: {self.stderrTail()}")
+                self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def stderrTail(self, n=1500):
+        self.log.seek(0)
+        return self.log.read().decode("utf-8", "replace")[-n:]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+        if self in Child.live:
+            Child.live.remove(self)
+
+    @classmethod
+    def stopAll(cls):
+        for child in list(cls.live):
+            child.stop()
+
+
+def profileArgs(args, tag):
+    if not args.profile:
+        return []
+    os.makedirs(args.profile, exist_ok=True)
+    return ["--profile", os.path.join(args.profile, f"{tag}.prof")]
+
+
+def measure(args, preset, scenario, impl, roundNo):
+    """One fresh server + one fresh client; the client's result dict."""
+    hard = preset["budget"] * 3 + 30
+    common = ["--budget", str(preset["budget"]), "--warm", str(preset["warm"])]
+    tag = f"r{roundNo}-{scenario}"
+    if impl == "cauldron":
+        ops = {"read": preset["seq"], "write": preset["seq"], "read-64": preset["pipe"],
+               "broadcast": preset["bcast"]}[scenario]
+        server = Child(["--role", "dispatcher", "--window", str(args.window),
+                        "--batch", str(args.batch), *profileArgs(args, tag + "-dispatcher")],
+                       hard)
+        clientArgs = ["--role", "client", "--scenario", scenario, "--ops", str(ops),
+                      "--ack-every", str(args.ack_every), *common,
+                      *profileArgs(args, tag + "-client")]
+    else:
+        kind = RAW_KIND[scenario]
+        ops = {"seq": preset["rawSeq"], "pipe": preset["rawPipe"],
+               "pubsub": preset["rawBcast"]}[kind]
+        server = Child(["--role", "raw-server",
+                        "--kind", "pub" if kind == "pubsub" else "echo"], hard)
+        clientArgs = ["--role", "raw-client", "--kind", kind, "--ops", str(ops), *common]
+    client = None
+    try:
+        ports = server.readJson(30)
+        if "error" in ports:
+            raise RuntimeError(f"{impl} server failed: {ports['error']}")
+        client = Child([*clientArgs, "--ports", json.dumps(ports)], hard)
+        result = client.readJson()
+        if "error" in result:
+            raise RuntimeError(f"{impl} {scenario}: {result['error']}\n{client.stderrTail()}")
+        return result
+    finally:
+        if client is not None:
+            client.stop()
+        server.stop()
+
+
+def versions():
+    import zmq
+
+    import twisted
+
+    return (f"Python {sys.version.split()[0]}, pyzmq {zmq.__version__} "
+            f"(libzmq {zmq.zmq_version()}), Twisted {twisted.__version__}")
+
+
+def parent(args):
+    preset = dict(PRESETS["quick" if args.quick else "full"])
+    rounds = args.rounds or preset["rounds"]
+    print(f"# {versions()}; {rounds} round(s); ops per loop (cauldron/raw): "
+          f"read,write {preset['seq']}/{preset['rawSeq']}, "
+          f"read-64 {preset['pipe']}/{preset['rawPipe']} ({DEPTH} in flight), "
+          f"broadcast {preset['bcast']}/{preset['rawBcast']} (window {args.window}, "
+          f"ack every {args.ack_every}); warm-up {preset['warm']}; "
+          f"budget {preset['budget']:g} s per loop", flush=True)
+    rates = {s: {"cauldron": [], "raw": []} for s in SCENARIOS}
+    ratios = {s: [] for s in SCENARIOS}
+    lost = {s: 0 for s in SCENARIOS}
+    scenarios = args.only or SCENARIOS
+    for roundNo in range(1, rounds + 1):
+        order = ("cauldron", "raw") if roundNo % 2 else ("raw", "cauldron")
+        for scenario in scenarios:
+            got = {}
+            for impl in order:
+                result = measure(args, preset, scenario, impl, roundNo)
+                got[impl] = result["rate"]
+                rates[scenario][impl].append(result["rate"])
+                lost[scenario] += result.get("lost", 0) if impl == "cauldron" else 0
+                extra = " ".join(f"{k}={result[k]}" for k in ("lost", "stalled", "ackErrors")
+                                 if result.get(k))
+                note(f"# round {roundNo} {scenario:9} {impl:8} {result['rate']:9.0f}/s "
+                     f"({result['ops']} ops in {result['seconds']:.2f} s; CPU us/op client "
+                     f"{result.get('clientCpuUs')} server {result.get('serverCpuUs')}) {extra}")
+                if result.get("lost") and impl == "raw":
+                    note("# WARNING: raw pub/sub lost messages")
+            ratios[scenario].append(got["cauldron"] / got["raw"])
+    for scenario in scenarios:
+        line = (f"{scenario} cauldron={statistics.median(rates[scenario]['cauldron']):.0f}/s "
+                f"raw={statistics.median(rates[scenario]['raw']):.0f}/s "
+                f"ratio={statistics.median(ratios[scenario]):.3f}")
+        if lost[scenario]:
+            line += f" LOST={lost[scenario]}"
+        print(line, flush=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1 round, fewer operations")
+    parser.add_argument("--rounds", type=int, help="rounds (default 3; --quick: 1)")
+    parser.add_argument("--only", nargs="+", choices=SCENARIOS, help="run only these scenarios")
+    parser.add_argument("--window", type=int, default=400,
+                        help="broadcast: most updates not yet acknowledged (default 400)")
+    parser.add_argument("--ack-every", type=int, default=100,
+                        help="broadcast: the client acknowledges every N updates")
+    parser.add_argument("--batch", type=int, default=500,
+                        help="broadcast: most set() calls per reactor turn")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="cProfile every cauldron process into DIR/*.prof")
+    # child modes
+    parser.add_argument("--role", choices=["dispatcher", "client", "raw-server", "raw-client"],
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--scenario", help=argparse.SUPPRESS)
+    parser.add_argument("--kind", help=argparse.SUPPRESS)
+    parser.add_argument("--ports", help=argparse.SUPPRESS)
+    parser.add_argument("--ops", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--warm", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--budget", type=float, default=10.0, help=argparse.SUPPRESS)
+    parser.add_argument("--deadline", type=float, default=120.0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.role is None:
+        if args.window <= args.ack_every:
+            parser.error("--window must exceed --ack-every")
+        try:
+            parent(args)
+        finally:
+            Child.stopAll()
+        return
+    childSetup(args)
+    {"dispatcher": roleDispatcher, "client": roleClient, "raw-server": roleRawServer,
+     "raw-client": roleRawClient}[args.role](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,685 @@
+"""Blocking, KTL-style keyword access for plain scripts and threads.
+
+``ktl.read("demo", "TEMP")``, ``svc = ktl.Service("demo")``,
+``svc["TEMP"].write(5)``, ``ktl.waitFor("$demo.TEMP > 30", timeout=60)``:
+no reactor in sight.  Underneath is the Deferred client
+(:class:`cauldron.client.ClientService`) running on Twisted's reactor in a
+background thread started by `crochet <https://crochet.readthedocs.io>`_ on
+first use.  There is one shared ``ClientService`` per configuration; the
+configuration is the ``config=`` argument (a path or a
+:class:`cauldron.config.Config`), else ``$CAULDRON_CONFIG``, else defaults.
+
+Threads
+    Every function here may be called from any thread except the reactor
+    thread.  A program that runs the reactor itself (``twistd``) must call
+    ``crochet.no_setup()`` first, and should rather use the Deferred client.
+    Keyword callbacks (:meth:`Keyword.callback`) and callables given to
+    :meth:`Keyword.waitFor` **run in the reactor thread**: keep them short
+    and never call a blocking method from them (that raises RuntimeError; use
+    ``write(..., wait=False)``, which is allowed there).
+
+Deadlines
+    Every blocking call has one: ``timeout`` if given, else the client's
+    default (:data:`DEFAULT_TIMEOUT`).  Expiry raises
+    :class:`cauldron.errors.CauldronTimeout`, a :class:`TimeoutError`.  The
+    exception is ``waitFor`` (and ``wait`` on a value): as in KTL, a
+    ``timeout`` of None there waits for ever.
+
+Errors
+    The :mod:`cauldron.errors` classes, unchanged: an unknown keyword is a
+    :class:`KeyError`, a rejected value a :class:`ValueError`.
+
+Exit
+    Clients are stopped in the reactor's ``before shutdown`` trigger, which
+    crochet fires when the main thread ends (``atexit`` would run too late:
+    only after crochet's reactor thread is gone).
+"""
+
+import itertools
+import threading
+
+import crochet
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python import threadable
+from twisted.python.failure import Failure
+
+from cauldron import config as _config
+from cauldron import expressions
+from cauldron.client import ClientService
+from cauldron.errors import CauldronTimeout, ServiceUnavailable
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "Keyword",
+    "Sequence",
+    "Service",
+    "cache",
+    "callback",
+    "monitor",
+    "read",
+    "shutdown",
+    "subscribe",
+    "wait",
+    "waitFor",
+    "write",
+]
+
+log = Logger()
+
+#: default deadline (seconds) of every request of the shared clients
+DEFAULT_TIMEOUT = 5.0
+#: how much longer than the client's own deadline a thread waits, so the
+#: client's typed error (not a bare crochet timeout) reaches the caller
+GRACE = 1.0
+#: bound on stopping the clients at exit or in :func:`shutdown`
+SHUTDOWN_TIMEOUT = 2.0
+
+_lock = threading.Lock()
+_services = {}  # (name, Config) -> Service; guarded by _lock
+_clients = {}  # Config -> ClientService; reactor thread only
+_triggerAdded = False  # reactor thread only
+
+
+# -- running things in the reactor thread ------------------------------------
+
+
+@crochet.run_in_reactor
+def _inReactor(fn, *args, **kwargs):
+    return fn(*args, **kwargs)
+
+
+def _reactor():
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def _start(fn, *args, **kwargs):
+    """Run ``fn`` in the reactor thread; an EventualResult (crochet set up lazily)."""
+    crochet.setup()
+    return _inReactor(fn, *args, **kwargs)
+
+
+def _notInReactor(what):
+    if threadable.isInIOThread():
+        raise RuntimeError(
+            f"{what} blocks, and this is the reactor thread (a ktl callback?): "
+            "it would deadlock; use write(..., wait=False) or the Deferred API"
+        )
+
+
+def _wait(eventual, deadline, what):
+    """The result of ``eventual``, waiting at most ``deadline`` + GRACE (None: for ever)."""
+    _notInReactor(what)
+    limit = None if deadline is None else deadline + GRACE
+    try:
+        return eventual.wait(limit)
+    except crochet.TimeoutError:
+        eventual.cancel()
+        raise CauldronTimeout(f"{what}: no answer within {limit:g} s") from None
+    except crochet.ReactorStopped:
+        raise ServiceUnavailable(f"{what}: the reactor stopped (interpreter exiting?)") from None
+
+
+def _block(deadline, what, fn, *args, **kwargs):
+    """Run ``fn`` (which may return a Deferred) in the reactor and wait for it."""
+    _notInReactor(what)
+    return _wait(_start(fn, *args, **kwargs), deadline, what)
+
+
+def _clientFor(cfg):
+    """The shared, started ClientService for ``cfg`` (reactor thread)."""
+    global _triggerAdded
+    client = _clients.get(cfg)
+    if client is None:
+        reactor = _reactor()
+        if not _triggerAdded:
+            reactor.addSystemEventTrigger("before", "shutdown", _stopClients)
+            _triggerAdded = True
+        client = ClientService(cfg, reactor=reactor, timeout=DEFAULT_TIMEOUT)
+        client.startService()
+        _clients[cfg] = client
+    return client
+
+
+def _stopClients():
+    """Stop every shared client, bounded by SHUTDOWN_TIMEOUT (reactor thread)."""
+    with _lock:
+        _services.clear()
+    clients = list(_clients.values())
+    _clients.clear()
+    stops = [defer.maybeDeferred(c.stopService) for c in clients if c.running]
+    d = defer.DeferredList(stops, consumeErrors=True)
+    d.addTimeout(SHUTDOWN_TIMEOUT, _reactor())
+    d.addErrback(lambda f: log.warn("stopping ktl clients: {why}", why=f.getErrorMessage()))
+    return d
+
+
+def shutdown():
+    """Stop the shared clients now; later calls connect again.  Safe to call twice."""
+    if not _clients and not _services:
+        return
+    _block(SHUTDOWN_TIMEOUT, "ktl.shutdown", _stopClients)
+
+
+def _connect(name, cfg, limit):
+    """Reactor thread: a Deferred firing with ``(RemoteService, request timeout)``."""
+    client = _clientFor(cfg)
+    d = client.service(name)
+
+    def expired(result, _timeout):
+        raise CauldronTimeout(f"service {name!r}: no answer within {limit:g} s")
+
+    d.addTimeout(limit, _reactor(), onTimeoutCancel=expired)
+    return d.addCallback(lambda remote: (remote, client.timeout))
+
+
+def _connectDeadline(cfg, requestTimeout):
+    # Locating through the router and describing are two round trips.
+    extra = cfg.timeoutSeconds() if cfg.get("zmq-router", "enable") else 0.0
+    return requestTimeout + extra
+
+
+def _isNewer(value, than, epoch):
+    """Same order as the client: a new epoch wins, else a higher sequence."""
+    if value is None:
+        return False
+    if than is None:
+        return True
+    if value.epoch != than.epoch:
+        return value.epoch == epoch
+    return value.sequence > than.sequence
+
+
+# -- services ------------------------------------------------------------------
+
+
+class Service:
+    """A KTL service; ``Service(name)`` returns the one cached per (name, config).
+
+    Connecting (the first time) asks the dispatcher for every keyword's
+    description, within ``timeout`` seconds (default: the client's deadline).
+    """
+
+    def __new__(cls, name, config=None, populate=False, timeout=None):
+        if not isinstance(name, str):
+            raise TypeError(f"a service name must be a str, not {type(name).__name__}")
+        cfg = _config.load(config)
+        key = (name.lower(), cfg)
+        with _lock:
+            service = _services.get(key)
+        if service is None:
+            limit = timeout if timeout is not None else _connectDeadline(cfg, DEFAULT_TIMEOUT)
+            remote, requestTimeout = _block(
+                limit, f"service {name.lower()!r}", _connect, name.lower(), cfg, limit
+            )
+            service = object.__new__(cls)
+            service._setup(remote, cfg, requestTimeout)
+            with _lock:
+                service = _services.setdefault(key, service)
+        if populate:
+            service.populate()
+        return service
+
+    def __init__(self, name, config=None, populate=False, timeout=None):
+        """Everything happens in ``__new__`` (the instance may be a cached one)."""
+
+    def _setup(self, remote, cfg, requestTimeout):
+        self.name = remote.name
+        self.config = cfg
+        self.timeout = requestTimeout
+        self._remote = remote
+        self._keywords = {}
+        self._keywordLock = threading.Lock()
+
+    def __repr__(self):
+        return f"<ktl.Service {self.name}>"
+
+    def keywords(self):
+        """Every keyword name the service serves, sorted."""
+        return self._remote.keywords()
+
+    def populated(self):
+        """Sorted names of the Keyword objects created so far."""
+        with self._keywordLock:
+            return sorted(self._keywords)
+
+    def populate(self):
+        """Create the Keyword object of every keyword."""
+        for name in self.keywords():
+            self[name]
+
+    def __getitem__(self, name):
+        if not isinstance(name, str):
+            raise TypeError(f"a keyword name must be a str, not {type(name).__name__}")
+        name = name.upper()
+        with self._keywordLock:
+            keyword = self._keywords.get(name)
+            if keyword is None:
+                # The remote keyword table is fixed once the service is loaded.
+                keyword = Keyword(self, self._remote[name])  # UnknownKeyword is a KeyError
+                self._keywords[name] = keyword
+        return keyword
+
+    def has_keyword(self, name):
+        """Whether the service serves ``name`` (case-insensitive)."""
+        return isinstance(name, str) and name in self._remote
+
+    has_key = has_keyword
+    __contains__ = has_keyword
+
+    def __iter__(self):
+        return iter([self[name] for name in self.keywords()])
+
+    def read(self, keyword, *args, **kwargs):
+        """``self[keyword].read(...)``."""
+        return self[keyword].read(*args, **kwargs)
+
+    def write(self, keyword, value, *args, **kwargs):
+        """``self[keyword].write(value, ...)``."""
+        return self[keyword].write(value, *args, **kwargs)
+
+    def shutdown(self):
+        """Stop monitoring this service's keywords (the shared client stays)."""
+        with self._keywordLock:
+            keywords = list(self._keywords.values())
+        for keyword in keywords:
+            keyword.monitor(start=False)
+
+
+# -- asynchronous handles -------------------------------------------------------
+
+
+class Sequence:
+    """The handle of an operation started with ``wait=False``.
+
+    ``wait(timeout)`` is True once it completed (re-raising its error if it
+    failed), False if ``timeout`` passed first.  The operation keeps its own
+    deadline, so ``wait(None)`` always ends.
+    """
+
+    _ids = itertools.count(1)
+
+    def __init__(self, eventual, what):
+        self.id = next(self._ids)
+        self.what = what
+        self._eventual = eventual
+
+    def __repr__(self):
+        return f"<ktl.Sequence {self.id}: {self.what}>"
+
+    def wait(self, timeout=None):
+        _notInReactor(f"waiting for {self.what}")
+        try:
+            self._eventual.wait(timeout)
+        except crochet.TimeoutError:
+            return False
+        except crochet.ReactorStopped:
+            raise ServiceUnavailable(f"{self.what}: the reactor stopped") from None
+        return True
+
+    def result(self, timeout=None):
+        """The operation's result (e.g. the new ascii value of a write)."""
+        if not self.wait(timeout):
+            raise CauldronTimeout(f"{self.what}: not complete within {timeout:g} s")
+        return self._eventual.wait(0)
+
+
+# -- keywords -------------------------------------------------------------------
+
+
+class Keyword:
+    """One keyword of a :class:`Service`; get it with ``service["NAME"]``.
+
+    ``kw["ascii"]``, ``kw["binary"]`` and the other dictionary keys answer
+    from the last value received (from the connection's description, a read
+    or a broadcast) and never do I/O: they are safe in callbacks.  A value
+    never received is None.  Call :meth:`read` or :meth:`monitor` for fresh
+    values.
+    """
+
+    def __init__(self, service, remote):
+        self.service = service
+        self.name = remote.name
+        self.full_name = f"{service.name}.{remote.name}"
+        self._remote = remote
+        self._callbacks = ()  # replaced whole (copy on write) under _callbackLock
+        self._callbackLock = threading.Lock()
+        # reactor thread only:
+        self._monitorToken = None
+        self._subscription = None
+        self._delivered = None
+        self._propagating = False
+        self._again = False
+
+    def __repr__(self):
+        return f"<ktl.Keyword {self.full_name}>"
+
+    def _deadline(self, timeout):
+        return self.service.timeout if timeout is None else timeout
+
+    # -- dictionary keys
+
+    def __getitem__(self, key):
+        latest = self._remote.latest
+        info = self._remote.info
+        typeName = self._remote.type.typeName
+        if key == "ascii":
+            return None if latest is None else latest.ascii
+        if key == "binary":
+            return None if latest is None else latest.binary
+        if key == "name":
+            return self.name
+        if key == "populated":
+            return latest is not None
+        if key in ("monitored", "monitor"):
+            return self._monitorToken is not None
+        if key == "timestamp":
+            return None if latest is None else latest.timestamp
+        if key == "units":
+            return None if typeName == "enumerated" else info.get("units", "")
+        if key == "type":
+            return "KTL_" + "_".join(typeName.upper().split())
+        if key == "reads":
+            return not info.get("writeonly", False)
+        if key == "writes":
+            return not info.get("readonly", False)
+        if key == "enumerators":
+            if typeName != "enumerated":
+                raise KeyError(f"{self.full_name} is not enumerated: no 'enumerators'")
+            return {str(n): name for n, name in self._remote.type.enumerators.items()}
+        raise KeyError(key)
+
+    # -- read and write
+
+    def read(self, binary=False, both=False, wait=True, timeout=None):
+        """The current value from the dispatcher: ascii, binary or ``(binary, ascii)``.
+
+        ``wait=False`` returns a :class:`Sequence`; callbacks see the value.
+        """
+        what = f"read {self.full_name}"
+        if not wait:
+            return Sequence(_start(self._readInReactor, binary, both, timeout), what)
+        return _block(self._deadline(timeout), what, self._readInReactor, binary, both, timeout)
+
+    def _readInReactor(self, binary, both, timeout):
+        d = self._remote.read(binary=binary, both=both, timeout=timeout)
+        return d.addCallback(self._thenPropagate)
+
+    def _thenPropagate(self, result):
+        self._propagate()
+        return result
+
+    def write(self, value, wait=True, timeout=None):
+        """Write ``value``; returns the new ascii value once the dispatcher completed it.
+
+        ``wait=False`` returns a :class:`Sequence` at once (allowed in callbacks):
+        pass it to :meth:`wait`.  A write is never retried.
+        """
+        what = f"write {self.full_name}"
+        if not wait:
+            return Sequence(_start(self._remote.write, value, timeout), what)
+        return _block(self._deadline(timeout), what, self._remote.write, value, timeout)
+
+    # -- monitoring and callbacks
+
+    def monitor(self, start=True, prime=True, wait=True):
+        """Follow broadcasts (``start=False``: stop, without reading).
+
+        ``prime`` reads the current value first, and callbacks get it even if
+        it is not new.  ``wait=False`` returns a :class:`Sequence`.
+        """
+        what = f"monitor {self.full_name}"
+        if not start:
+            _block(self.service.timeout, what, self._stopMonitor)
+            return None
+        eventual = _start(self._startMonitor, prime)
+        if not wait:
+            return Sequence(eventual, what)
+        _wait(eventual, self.service.timeout, what)
+        return None
+
+    subscribe = monitor
+
+    def _startMonitor(self, prime):
+        if self._monitorToken is not None:
+            return self._readInReactor(False, False, None) if prime else None
+        token = self._monitorToken = object()
+        if prime:
+            self._delivered = None  # priming hands the current value to callbacks
+        d = self._remote.monitor(self._onValue, prime=prime)
+
+        def subscribed(subscription):
+            if self._monitorToken is token:
+                self._subscription = subscription
+            else:  # stopped while priming
+                subscription.stop()
+
+        def failed(failure):
+            if self._monitorToken is token:
+                self._monitorToken = None
+            return failure
+
+        return d.addCallbacks(subscribed, failed)
+
+    def _stopMonitor(self):
+        self._monitorToken = None
+        if self._subscription is not None:
+            self._subscription.stop()
+            self._subscription = None
+
+    def _onValue(self, value):
+        self._propagate()
+
+    def callback(self, function, remove=False, preferred=False):
+        """Call ``function(keyword)`` on each new value, in the reactor thread.
+
+        Held strongly (a lambda works) until ``remove=True``; ``preferred``
+        puts it first.  Its exceptions are logged and never reach other
+        callbacks.  Values arrive while monitored, and from reads.
+        """
+        if not callable(function):
+            raise TypeError(f"{function!r} is not callable")
+        with self._callbackLock:
+            callbacks = [c for c in self._callbacks if c != function]
+            if not remove:
+                if preferred:
+                    callbacks.insert(0, function)
+                else:
+                    callbacks.append(function)
+            self._callbacks = tuple(callbacks)
+
+    def _propagate(self):
+        """Call the callbacks if a value newer than the last one they saw arrived."""
+        if self._propagating:
+            self._again = True  # a callback caused an update: loop, do not recurse
+            return
+        self._propagating = True
+        try:
+            while True:
+                self._again = False
+                latest = self._remote.latest
+                if not _isNewer(latest, self._delivered, self._remote.service.epoch):
+                    return
+                self._delivered = latest
+                for function in self._callbacks:
+                    try:
+                        function(self)
+                    except Exception:
+                        log.failure("ktl callback {cb!r} of {kw} failed",
+                                    cb=function, kw=self.full_name)
+                if not self._again:
+                    return
+        finally:
+            self._propagating = False
+
+    # -- waiting
+
+    def wait(self, timeout=None, operator=None, value=None, sequence=None, case=False):
+        """Wait for a :class:`Sequence`, a condition, or the next new value.
+
+        * ``sequence=``: True once that operation completed, False at ``timeout``;
+        * ``operator`` and ``value`` (e.g. ``">", 30``): like :meth:`waitFor`;
+        * neither: True once a value newer than the current one arrives.
+        """
+        if sequence is not None:
+            if not isinstance(sequence, Sequence):
+                raise TypeError(f"sequence must be a ktl.Sequence, not {sequence!r}")
+            return sequence.wait(timeout)
+        if operator is not None:
+            if operator not in ("==", "!=", "<", "<=", ">", ">=", "in", "not in"):
+                raise ValueError(f"unknown operator {operator!r}")
+            return self.waitFor(f"{operator} {value!r}", timeout=timeout, case=case)
+        start = self._remote.latest
+        epoch = self._remote.service.epoch
+        return self.waitFor(lambda kw: _isNewer(kw._remote.latest, start, epoch), timeout)
+
+    def waitFor(self, expression, timeout=None, case=False):
+        """True once ``expression`` holds, False after ``timeout`` s (None: for ever).
+
+        ``expression`` is text (see :mod:`cauldron.expressions`); text starting
+        with an operator is about this keyword (``kw.waitFor("> 30")``).  It may
+        also be a callable ``f(keyword) -> bool``, called in the reactor thread.
+        """
+        if callable(expression):
+            return _waitFor([self], lambda: expression(self), timeout,
+                            f"waitFor on {self.full_name}")
+        if not isinstance(expression, str):
+            raise TypeError(f"expression must be a str or a callable, not {expression!r}")
+        text = expression.strip()
+        if text[:1] in "<>=!" or text.split(None, 1)[:1] in (["in"], ["not"]):
+            text = f"${self.service.name}.{self.name} {text}"
+        return _waitForExpression(text, timeout, case, self.service.config)
+
+
+def _waitForExpression(text, timeout, case, config):
+    expression = expressions.parse(text)
+    keywords = [Service(service, config)[name] for service, name in expression.operands]
+
+    def holds():
+        values = {(kw.service.name, kw.name): kw._remote.latest for kw in keywords}
+        return expression.evaluate(values, case=case)
+
+    return _waitFor(keywords, holds, timeout, f"waitFor({text!r})")
+
+
+def _waitFor(keywords, predicate, timeout, what):
+    _notInReactor(what)
+    eventual = _start(_waitForInReactor, keywords, predicate, timeout)
+    return _wait(eventual, timeout, what)
+
+
+def _waitForInReactor(keywords, predicate, timeout):
+    """Monitor every keyword (primed) and fire True once ``predicate()`` holds."""
+    result = defer.Deferred()
+    remotes = list({id(kw._remote): kw._remote for kw in keywords}.values())
+    subscriptions = []
+    timer = None
+
+    def finish(outcome):
+        if result.called:
+            return
+        if timer is not None and timer.active():
+            timer.cancel()
+        for subscription in subscriptions:
+            subscription.stop()
+        if isinstance(outcome, Failure):
+            result.errback(outcome)
+        else:
+            result.callback(outcome)
+
+    def check(_value=None):
+        # Evaluate only once every operand is primed: never on stale values.
+        if result.called or len(subscriptions) < len(remotes):
+            return
+        if any(remote.latest is None for remote in remotes):
+            return
+        try:
+            holds = predicate()
+        except Exception:
+            finish(Failure())
+            return
+        if holds:
+            finish(True)
+
+    def subscribed(subscription):
+        subscriptions.append(subscription)
+        if result.called:
+            subscription.stop()
+        else:
+            check()
+
+    if timeout is not None:
+        timer = _reactor().callLater(timeout, finish, False)
+    for remote in remotes:
+        d = remote.monitor(check, prime=True)
+        d.addCallbacks(subscribed, finish)
+    return result
+
+
+# -- procedural API -------------------------------------------------------------
+
+
+def _keyword(service, keyword, config, timeout=None):
+    if not isinstance(service, str):
+        raise TypeError(f"a service name must be a str, not {type(service).__name__}")
+    if not isinstance(keyword, str):
+        raise TypeError(f"a keyword name must be a str, not {type(keyword).__name__}")
+    return Service(service, config, timeout=timeout)[keyword]
+
+
+def cache(service, keyword=None, config=None):
+    """The cached Service, or its Keyword when ``keyword`` is given."""
+    if keyword is None:
+        if not isinstance(service, str):
+            raise TypeError(f"a service name must be a str, not {type(service).__name__}")
+        return Service(service, config)
+    return _keyword(service, keyword, config)
+
+
+def read(service, keyword, binary=False, both=False, timeout=None, config=None):
+    """Read ``service.keyword``; see :meth:`Keyword.read`."""
+    return _keyword(service, keyword, config, timeout).read(
+        binary=binary, both=both, timeout=timeout
+    )
+
+
+def write(service, keyword, value, wait=True, timeout=None, config=None):
+    """Write ``service.keyword``; see :meth:`Keyword.write`."""
+    return _keyword(service, keyword, config, timeout).write(value, wait=wait, timeout=timeout)
+
+
+def wait(service, keyword, timeout=None, operator=None, value=None, sequence=None,
+         case=False, config=None):
+    """See :meth:`Keyword.wait`."""
+    return _keyword(service, keyword, config).wait(
+        timeout=timeout, operator=operator, value=value, sequence=sequence, case=case
+    )
+
+
+def monitor(service, keyword, start=True, prime=True, config=None):
+    """See :meth:`Keyword.monitor`."""
+    return _keyword(service, keyword, config).monitor(start=start, prime=prime)
+
+
+subscribe = monitor
+
+
+def callback(service, keyword, function, remove=False, preferred=False, config=None):
+    """See :meth:`Keyword.callback`."""
+    return _keyword(service, keyword, config).callback(
+        function, remove=remove, preferred=preferred
+    )
+
+
+def waitFor(expression, timeout=None, case=False, config=None):
+    """True once ``expression`` (e.g. ``'$demo.TEMP > 30'``) holds, False at ``timeout``.
+
+    ``timeout=None`` waits for ever, as in KTL.  Operands are primed (read)
+    first, then re-evaluated on every broadcast; see :mod:`cauldron.expressions`
+    for which value (binary or ascii) an operand stands for.
+    """
+    if not isinstance(expression, str):
+        raise TypeError(f"expression must be a str, not {type(expression).__name__}")
+    return _waitForExpression(expression, timeout, case, config)

@@ -1,0 +1,612 @@
+"""Tests for cauldron.ktl, the blocking KTL-style facade, against a real dispatcher.
+
+ktl runs Twisted's global reactor in a crochet thread, and a reactor runs
+once per process; the trial-based test modules spin that same reactor
+themselves.  So these tests always run in a child pytest process (this
+file, with ``CAULDRON_KTL_TESTS=child``); in the parent each test is a
+proxy reporting the child's outcome for it.  The dispatcher under test runs
+inside ktl's own reactor (started through crochet), in direct mode on
+ephemeral ports.
+"""
+
+import os
+import queue
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import xml.etree.ElementTree as ElementTree
+
+import pytest
+
+CHILD = os.environ.get("CAULDRON_KTL_TESTS") == "child"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WAIT = 10  # seconds: generous bound on anything that should happen promptly
+# crochet 2.1.1 calls threading.Event.isSet(), deprecated since Python 3.10
+pytestmark = pytest.mark.filterwarnings("ignore:isSet.*:DeprecationWarning")
+
+if CHILD:
+    import crochet
+    from twisted.internet import defer
+    from twisted.logger import globalLogPublisher
+
+    from cauldron import config, errors, keywords, ktl
+    from cauldron.dispatcher import DispatcherService
+    from cauldron.protocol import codec
+    from cauldron.transport import portOf
+
+
+# -- the dispatcher under test (child only) -------------------------------------
+
+
+def directConfig(dispatchPort=0, broadcastPort=0):
+    return config.Config.fromMapping({
+        "zmq": {"host": "127.0.0.1", "dispatch-port": dispatchPort,
+                "broadcast-port": broadcastPort},
+        "zmq-router": {"enable": "no"},
+    })
+
+
+class Hooks:
+    """Dispatcher-side hooks the tests synchronise on (no sleeps)."""
+
+    def __init__(self):
+        self.tempReads = 0
+        self.tempPrimed = threading.Event()  # a read or a new subscription reached TEMP
+        self.countReads = 0
+        self.slowWrites = []  # Deferreds of SLOW writes, released by the test
+        self.slowCalled = threading.Event()
+
+    def tempPreread(self):
+        self.tempReads += 1
+        self.tempPrimed.set()
+
+    def countPreread(self):
+        self.countReads += 1
+
+    def slowWrite(self, value):
+        d = defer.Deferred()
+        self.slowWrites.append(d)
+        self.slowCalled.set()
+        return d
+
+
+def demoKeywords(hooks):
+    strings = [keywords.String(f"S{i}", initial="") for i in range(6)]
+    return strings + [
+        keywords.Double("TEMP", initial=3, units="K", preread=hooks.tempPreread),
+        keywords.Enumerated("MODE", enumerators=["OFF", "ON"], initial="OFF"),
+        keywords.String("MSG", initial="hello"),
+        keywords.Boolean("FLAG", initial=True),
+        keywords.Integer("COUNT", initial=0, preread=hooks.countPreread),
+        keywords.DoubleArray("DA", initial=[1.5, -2.0]),
+        keywords.Integer("RO", readonly=True, initial=1),
+        keywords.Integer("WO", writeonly=True),
+        keywords.Integer("SLOW", initial=0, write=hooks.slowWrite),
+    ]
+
+
+@pytest.fixture(scope="module")
+def demo():
+    """``(config, hooks)``: a dispatcher in ktl's reactor, stopped at the end."""
+    crochet.setup()
+    hooks = Hooks()
+
+    @crochet.wait_for(WAIT)
+    def start():
+        from twisted.internet import reactor
+
+        dispatcher = DispatcherService("demo", directConfig(), demoKeywords(hooks),
+                                       reactor=reactor, heartbeatInterval=0.5)
+        answerSubscription = dispatcher._subscribed
+
+        def subscribed(topic):
+            # A new TEMP subscription is answered with the current value:
+            # that primes a monitor as a priming read would.
+            answerSubscription(topic)
+            if topic == codec.topicFor("TEMP"):
+                hooks.tempPrimed.set()
+
+        dispatcher._subscribed = subscribed
+        dispatcher.startService()
+        return dispatcher.whenReady().addCallback(lambda addresses: (dispatcher, addresses))
+
+    dispatcher, (dispatch, broadcast) = start()
+    yield directConfig(portOf(dispatch), portOf(broadcast)), hooks
+    ktl.shutdown()
+    crochet.wait_for(WAIT)(dispatcher.stopService)()
+
+
+@pytest.fixture
+def cfg(demo):
+    return demo[0]
+
+
+@pytest.fixture
+def hooks(demo):
+    return demo[1]
+
+
+@pytest.fixture
+def svc(cfg):
+    return ktl.Service("demo", config=cfg)
+
+
+@pytest.fixture
+def loggedFailures():
+    """Twisted log events carrying a failure, collected while the test runs."""
+    events = []
+
+    def observe(event):
+        if event.get("log_failure") is not None:
+            events.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    yield events
+    globalLogPublisher.removeObserver(observe)
+
+
+def unreachableConfig():
+    """Direct-mode ports where nothing listens."""
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    return directConfig(*ports)
+
+
+# -- services --------------------------------------------------------------------
+
+
+def test_service_is_cached_and_lists_keywords(svc, cfg):
+    assert svc.name == "demo"
+    assert ktl.Service("DEMO", cfg) is svc
+    assert ktl.cache("demo", config=cfg) is svc
+    assert svc.keywords() == sorted(svc.keywords())
+    assert {"TEMP", "MODE", "RO", "WO", "DA"} <= set(svc.keywords())
+    assert svc["temp"] is svc["TEMP"] is ktl.cache("demo", "Temp", config=cfg)
+    assert "temp" in svc and svc.has_keyword("MODE") and svc.has_key("msg")
+    assert "NOPE" not in svc and not svc.has_keyword(3)
+    ktl.Service("demo", cfg, populate=True)
+    assert svc.populated() == svc.keywords()
+
+
+def test_unknown_keyword_is_a_key_error(svc, cfg):
+    with pytest.raises(KeyError, match="NOPE"):
+        svc["nope"]
+    with pytest.raises(errors.UnknownKeyword):
+        ktl.read("demo", "NOPE", config=cfg)
+
+
+def test_names_must_be_strings(cfg):
+    with pytest.raises(TypeError):
+        ktl.read(1, "TEMP", config=cfg)
+    with pytest.raises(TypeError):
+        ktl.read("demo", None, config=cfg)
+    with pytest.raises(TypeError):
+        ktl.write(b"demo", "TEMP", 1, config=cfg)
+    with pytest.raises(TypeError):
+        ktl.Service(None)
+
+
+# -- reads and writes ----------------------------------------------------------------
+
+
+def test_read_ascii_binary_both(svc, cfg):
+    temp = svc["TEMP"]
+    temp.write(4)
+    assert temp.read() == "4.0"
+    assert temp.read(binary=True) == 4.0 and isinstance(temp.read(binary=True), float)
+    assert temp.read(both=True) == (4.0, "4.0")
+    assert svc.read("TEMP", binary=True) == 4.0
+    assert ktl.read("demo", "TEMP", both=True, config=cfg) == (4.0, "4.0")
+    svc["MODE"].write("OFF")
+    assert svc["MODE"].read(both=True) == (0, "OFF")
+    assert svc["FLAG"].read(binary=True) is True
+    assert svc["DA"].read(binary=True) == [1.5, -2.0]
+
+
+def test_write_waits_and_returns_the_new_ascii_value(svc, cfg):
+    assert svc["TEMP"].write(12) == "12.0"
+    assert svc["TEMP"]["binary"] == 12.0  # the reply updated the keyword
+    assert ktl.write("demo", "MODE", 1, config=cfg) == "ON"
+    assert svc.write("MSG", "a: b") == "a: b"
+
+
+def test_write_without_waiting_returns_a_sequence(svc, hooks):
+    temp = svc["TEMP"]
+    sequence = temp.write(13, wait=False)
+    assert isinstance(sequence, ktl.Sequence)
+    assert temp.wait(sequence=sequence, timeout=WAIT) is True
+    assert temp.read(binary=True) == 13.0
+    assert sequence.result() == "13.0"
+
+
+def test_wait_on_a_sequence_times_out_then_completes(svc, hooks):
+    slow = svc["SLOW"]
+    hooks.slowCalled.clear()
+    sequence = slow.write(5, wait=False)
+    assert slow.wait(sequence=sequence, timeout=0.05) is False
+    assert hooks.slowCalled.wait(WAIT)  # the dispatcher holds the write in its hook
+    assert slow.wait(sequence=sequence, timeout=0.05) is False
+    crochet.wait_for(WAIT)(lambda: hooks.slowWrites[-1].callback(None))()
+    assert slow.wait(sequence=sequence, timeout=WAIT) is True
+    assert slow["binary"] == 5
+
+
+def test_errors_of_an_unwaited_write_are_raised_by_wait(svc):
+    sequence = svc["TEMP"].write("abc", wait=False)
+    with pytest.raises(ValueError):
+        svc["TEMP"].wait(sequence=sequence, timeout=WAIT)
+
+
+def test_bad_value_read_only_write_only(svc):
+    with pytest.raises(ValueError) as info:
+        svc["TEMP"].write("abc")
+    assert isinstance(info.value, errors.BadValue)
+    with pytest.raises(errors.ReadOnly):
+        svc["RO"].write(3)
+    with pytest.raises(errors.WriteOnly):
+        svc["WO"].read()
+    svc["WO"].write(3)
+
+
+def test_timeout_against_an_unreachable_address():
+    started = time.monotonic()
+    with pytest.raises(TimeoutError) as info:
+        ktl.read("demo", "TEMP", config=unreachableConfig(), timeout=1)
+    assert isinstance(info.value, errors.CauldronTimeout)
+    assert 0.9 < time.monotonic() - started < 1 + ktl.GRACE + 1
+
+
+# -- dictionary keys ------------------------------------------------------------------
+
+
+def test_dictionary_keys(svc):
+    temp, mode = svc["TEMP"], svc["MODE"]
+    temp.write(7)
+    assert temp["ascii"] == "7.0" and temp["binary"] == 7.0
+    assert temp["name"] == "TEMP"
+    assert temp["units"] == "K"
+    assert temp["type"] == "KTL_DOUBLE"
+    assert mode["type"] == "KTL_ENUMERATED"
+    assert svc["DA"]["type"] == "KTL_DOUBLE_ARRAY"
+    assert svc["MSG"]["type"] == "KTL_STRING"
+    assert svc["FLAG"]["type"] == "KTL_BOOLEAN"
+    assert svc["COUNT"]["type"] == "KTL_INTEGER"
+    timestamp = temp["timestamp"]
+    assert isinstance(timestamp, float) and abs(timestamp - time.time()) < 60
+    assert temp["populated"] is True
+    assert temp["reads"] and temp["writes"]
+    assert svc["RO"]["reads"] and not svc["RO"]["writes"]
+    assert not svc["WO"]["reads"] and svc["WO"]["writes"]
+    assert mode["enumerators"] == {"0": "OFF", "1": "ON"}
+    assert mode["units"] is None
+    with pytest.raises(KeyError):
+        temp["enumerators"]
+    with pytest.raises(KeyError):
+        temp["bogus"]
+    mode.write("ON")
+    assert mode["ascii"] == "ON" and mode["binary"] == 1
+
+
+def test_timestamps_have_sub_second_resolution(svc):
+    stamps = set()
+    for value in range(5):
+        svc["TEMP"].write(100 + value)
+        stamps.add(svc["TEMP"]["timestamp"])
+    assert len(stamps) == 5
+
+
+# -- monitoring and callbacks ------------------------------------------------------------
+
+
+def test_monitor_primes_callbacks_with_the_current_value(svc):
+    count = svc["COUNT"]
+    count.write(41)
+    seen = queue.Queue()
+    count.callback(lambda kw: seen.put(kw["binary"]))  # a lambda: held strongly
+    count.monitor()
+    try:
+        assert count["monitored"] is True
+        assert seen.get(timeout=WAIT) == 41
+        threading.Thread(target=lambda: ktl.write("demo", "COUNT", 42,
+                                                  config=svc.config)).start()
+        assert seen.get(timeout=WAIT) == 42
+    finally:
+        count.monitor(start=False)
+        count.callback(count._callbacks[0], remove=True)
+    assert count["monitored"] is False
+
+
+def test_monitor_stop_does_not_read(svc, hooks):
+    count = svc["COUNT"]
+    count.monitor()
+    reads = hooks.countReads
+    count.monitor(start=False)
+    assert hooks.countReads == reads
+    assert count["monitored"] is False
+
+
+def test_removed_callbacks_are_not_called_and_preferred_come_first(svc):
+    msg = svc["MSG"]
+    order, done = [], queue.Queue()
+
+    def removed(kw):
+        order.append("removed")
+
+    msg.callback(lambda kw: (order.append("last"), done.put(kw["ascii"])))
+    msg.callback(removed)
+    msg.callback(lambda kw: order.append("first"), preferred=True)
+    msg.callback(removed, remove=True)
+    msg.monitor()
+    try:
+        assert done.get(timeout=WAIT) is not None
+        assert order == ["first", "last"]
+        msg.write("changed")
+        assert done.get(timeout=WAIT) == "changed"
+        assert "removed" not in order
+    finally:
+        msg.monitor(start=False)
+        for callback in list(msg._callbacks):
+            msg.callback(callback, remove=True)
+
+
+def test_a_failing_callback_is_logged_and_others_still_run(svc, loggedFailures):
+    flag = svc["FLAG"]
+    got = queue.Queue()
+
+    def broken(kw):
+        raise RuntimeError("boom")
+
+    flag.callback(broken, preferred=True)
+    flag.callback(lambda kw: got.put(kw["binary"]))
+    try:
+        flag.monitor()
+        first = got.get(timeout=WAIT)
+        flag.write(not first)
+        assert got.get(timeout=WAIT) is (not first)
+    finally:
+        flag.monitor(start=False)
+        for callback in list(flag._callbacks):
+            flag.callback(callback, remove=True)
+    boom = [e for e in loggedFailures if isinstance(e["log_failure"].value, RuntimeError)]
+    assert len(boom) >= 2
+
+
+def test_callbacks_run_in_the_reactor_thread_and_may_not_block(svc):
+    msg = svc["MSG"]
+    outcome = queue.Queue()
+
+    def callback(kw):
+        try:
+            kw.read()
+        except RuntimeError as e:
+            outcome.put(("blocked", str(e), threading.current_thread().name))
+        # a write that does not wait is fine here
+        outcome.put(("sent", kw.write("from callback", wait=False)))
+        msg.callback(callback, remove=True)
+
+    msg.write("before")
+    msg.callback(callback)
+    msg.monitor()
+    try:
+        kind, message, thread = outcome.get(timeout=WAIT)
+        assert kind == "blocked" and "reactor thread" in message
+        assert thread == "CrochetReactor"
+        kind, sequence = outcome.get(timeout=WAIT)
+        assert msg.wait(sequence=sequence, timeout=WAIT) is True
+        assert msg.read() == "from callback"
+    finally:
+        msg.monitor(start=False)
+
+
+# -- waitFor ----------------------------------------------------------------------------
+
+
+def test_wait_for_becomes_true_when_another_thread_writes(svc, cfg, hooks):
+    svc["TEMP"].write(3)
+    hooks.tempPrimed.clear()
+
+    def writer():
+        # Write once waitFor has primed (its priming read hit the dispatcher).
+        if hooks.tempPrimed.wait(WAIT):
+            ktl.write("demo", "TEMP", 33, config=cfg)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    started = time.monotonic()
+    assert ktl.waitFor("$demo.TEMP > 30", timeout=WAIT, config=cfg) is True
+    assert time.monotonic() - started < WAIT
+    thread.join(WAIT)
+    assert svc["TEMP"]["binary"] == 33.0
+
+
+def test_wait_for_false_at_the_timeout(svc, cfg):
+    svc["TEMP"].write(3)
+    started = time.monotonic()
+    assert ktl.waitFor("$demo.TEMP > 1e9", timeout=0.3, config=cfg) is False
+    assert 0.3 <= time.monotonic() - started < 0.3 + ktl.GRACE
+
+
+def test_wait_for_compound_and_string_operands(svc, cfg):
+    svc["MODE"].write("ON")
+    svc["TEMP"].write(2)
+    assert ktl.waitFor('$demo.MODE == "ON" and $demo.TEMP < 5', timeout=WAIT, config=cfg)
+    assert ktl.waitFor('$demo.MODE == "on" and $demo.MODE == 1', timeout=WAIT, config=cfg)
+    assert not ktl.waitFor('$demo.MODE == "on"', timeout=0.2, case=True, config=cfg)
+    assert not ktl.waitFor('$demo.MODE == "OFF" or $demo.TEMP > 5', timeout=0.2, config=cfg)
+
+
+def test_keyword_wait_for_forms(svc):
+    temp = svc["TEMP"]
+    temp.write(8)
+    assert temp.waitFor("> 7", timeout=WAIT) is True
+    assert temp.waitFor("$demo.TEMP == 8", timeout=WAIT) is True
+    assert temp.waitFor(lambda kw: kw["binary"] == 8.0, timeout=WAIT) is True
+    assert temp.waitFor("< 0", timeout=0.1) is False
+    assert temp.wait(operator=">=", value=8, timeout=WAIT) is True
+    assert svc["MODE"].wait(operator="in", value=("ON", "OFF"), timeout=WAIT) is True
+
+
+def test_keyword_wait_for_the_next_value(svc, cfg, hooks):
+    temp = svc["TEMP"]
+    temp.write(9)
+    hooks.tempPrimed.clear()
+
+    def writer():
+        if hooks.tempPrimed.wait(WAIT):  # wait() has primed: this value is the next
+            ktl.write("demo", "TEMP", 10, config=cfg)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert temp.wait(timeout=WAIT) is True
+    thread.join(WAIT)
+    assert temp["binary"] == 10.0
+
+
+def test_wait_for_rejects_unsafe_expressions_before_any_io(cfg):
+    for text in ["__import__('os').system('true')", "$demo.TEMP.__class__",
+                 "[c for c in 'x']", "$demo.TEMP > open"]:
+        with pytest.raises(ValueError):
+            ktl.waitFor(text, timeout=1, config=cfg)
+    with pytest.raises(ValueError):
+        ktl.waitFor("$demo.TEMP > 1 and (lambda: 1)", timeout=1, config=cfg)
+
+
+def test_wait_for_an_unknown_keyword_is_a_key_error(cfg):
+    with pytest.raises(KeyError):
+        ktl.waitFor("$demo.NOPE > 1", timeout=1, config=cfg)
+
+
+# -- threads ------------------------------------------------------------------------------
+
+
+def test_concurrent_reads_and_writes_from_threads(svc, cfg):
+    failures = []
+    services = []
+
+    def work(index):
+        try:
+            services.append(ktl.Service("demo", cfg))
+            name = f"S{index}"
+            for round in range(15):
+                value = f"thread {index} round {round}"
+                assert ktl.write("demo", name, value, config=cfg) == value
+                assert svc[name].read() == value
+                assert isinstance(svc["TEMP"].read(binary=True), float)
+        except Exception as e:  # reported below, with the thread's index
+            failures.append((index, repr(e)))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT * 3)
+    assert not any(thread.is_alive() for thread in threads)
+    assert failures == []
+    assert all(s is svc for s in services)
+
+
+def test_shutdown_then_use_again(cfg):
+    before = ktl.Service("demo", cfg)
+    ktl.shutdown()
+    ktl.shutdown()
+    after = ktl.Service("demo", cfg)
+    assert after is not before
+    assert after["TEMP"].read(binary=True) == after["TEMP"]["binary"]
+    with pytest.raises(errors.ServiceUnavailable):
+        before["TEMP"].read()
+
+
+# -- interpreter exit -----------------------------------------------------------------------
+
+
+def test_interpreter_exit_is_clean_and_quick(cfg, svc):
+    svc["TEMP"].write(3)
+    z = cfg.asDict()["zmq"]
+    nowhere = unreachableConfig().asDict()["zmq"]
+    unused = nowhere["dispatch-port"], nowhere["broadcast-port"]
+    script = textwrap.dedent(f"""
+        from cauldron import config, ktl
+        cfg = config.Config.fromMapping({{
+            "zmq": {{"host": "127.0.0.1", "dispatch-port": {z["dispatch-port"]},
+                     "broadcast-port": {z["broadcast-port"]}}},
+            "zmq-router": {{"enable": "no"}},
+        }})
+        svc = ktl.Service("demo", cfg)
+        temp = svc["TEMP"]
+        temp.callback(lambda kw: None)
+        temp.monitor()
+        assert temp.read(binary=True) == 3.0
+        temp.write(3.5)
+        assert ktl.waitFor("$demo.TEMP == 3.5", timeout=5, config=cfg)
+        nowhere = cfg.replace("zmq", "dispatch-port", {unused[0]})
+        nowhere = nowhere.replace("zmq", "broadcast-port", {unused[1]})
+        try:  # leaves a connection attempt pending at exit
+            ktl.read("demo", "TEMP", config=nowhere, timeout=0.2)
+        except TimeoutError:
+            print("ok")
+    """)
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                            text=True, timeout=30)
+    elapsed = time.monotonic() - started
+    assert (result.returncode, result.stderr, result.stdout) == (0, "", "ok\n")
+    assert elapsed < 5
+
+
+# -- the parent process: run the tests above in a child, one proxy per test ------------------
+
+
+def _runChild(xmlPath):
+    env = dict(os.environ, CAULDRON_KTL_TESTS="child")
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+               "-o", "addopts=", "--junitxml", str(xmlPath), os.path.abspath(__file__)]
+    try:
+        run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=300)
+        output = run.stdout + run.stderr
+    except subprocess.TimeoutExpired as e:
+        return {}, f"child pytest timed out:\n{e.stdout}{e.stderr}"
+    outcomes = {}
+    if os.path.exists(xmlPath):
+        for case in ElementTree.parse(xmlPath).iter("testcase"):
+            problem = None
+            for tag in ("failure", "error", "skipped"):
+                element = case.find(tag)
+                if element is not None:
+                    problem = (tag, (element.get("message") or "") + "\n" + (element.text or ""))
+            outcomes[case.get("name")] = problem
+    return outcomes, output
+
+
+def _proxy(name):
+    def proxy(ktlChild):
+        outcomes, output = ktlChild
+        if name not in outcomes:
+            pytest.fail(f"{name} did not run in the child pytest:\n{output[-4000:]}")
+        problem = outcomes[name]
+        if problem is None:
+            return
+        kind, text = problem
+        if kind == "skipped":
+            pytest.skip(text)
+        pytest.fail(f"in the child pytest ({kind}):\n{text}", pytrace=False)
+
+    proxy.__name__ = name
+    return proxy
+
+
+if not CHILD:
+
+    @pytest.fixture(scope="module")
+    def ktlChild(tmp_path_factory):
+        return _runChild(tmp_path_factory.mktemp("ktl") / "child.xml")
+
+    for _name, _test in list(globals().items()):
+        if _name.startswith("test_") and callable(_test):
+            globals()[_name] = _proxy(_name)
