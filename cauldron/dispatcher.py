@@ -446,13 +446,15 @@ def _runHooks(keyword, path, value=None, start=0):
             raise _typedError(e, keyword, name) from None
         if isinstance(result, defer.Deferred):
             result.addErrback(_typedHookError, keyword, name)
-            kept = value
-            return result.addCallback(
-                lambda r, i=index, g=givesValue: _runHooks(keyword, path, r if g else kept, i + 1)
-            )
+            return result.addCallback(_resumeHooks, keyword, path, index, givesValue, value)
         if givesValue:
             value = result
     return None
+
+
+def _resumeHooks(result, keyword, path, index, givesValue, value):
+    """Continue a pipeline after the hook at ``index`` returned a Deferred."""
+    return _runHooks(keyword, path, result if givesValue else value, index + 1)
 
 
 def _typedHookError(failure, keyword, name):

@@ -38,14 +38,14 @@ _decoder = msgspec.msgpack.Decoder(Message)
 
 def topicFor(keyword):
     """The broadcast topic of a keyword (upper-cased, NUL-terminated)."""
-    return UPDATE_TOPIC_PREFIX + keyword.upper().encode("utf-8") + b"\x00"
+    return UPDATE_TOPIC_PREFIX + keyword.upper().encode("utf-8", "surrogatepass") + b"\x00"
 
 
 def keywordOfTopic(topic):
     """The keyword name a broadcast topic is for, or None if it is not one."""
     if len(topic) > 2 and topic[:1] == UPDATE_TOPIC_PREFIX and topic[-1:] == b"\x00":
         try:
-            return topic[1:-1].decode("utf-8")
+            return topic[1:-1].decode("utf-8", "surrogatepass")
         except UnicodeDecodeError:
             return None
     return None

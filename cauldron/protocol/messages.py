@@ -18,7 +18,7 @@ client can match replies to requests (the transport routes replies by socket
 identity, never by this id).
 """
 
-from typing import Any, Union
+from typing import Any
 
 import msgspec
 
@@ -282,13 +282,30 @@ class ServiceList(_Message, tag="servicelist"):
     services: list[ServiceEntry]
 
 
-Message = Union[
-    Read, Write, Describe, ListKeywords, Ping,
-    Value, Description, KeywordList, Pong, Error, Ok,
-    Update, Heartbeat,
-    Lease, Register, Renew, Release, Locate, ListServices,
-    Leased, Location, ServiceList,
-]
+Message = (
+    Read
+    | Write
+    | Describe
+    | ListKeywords
+    | Ping
+    | Value
+    | Description
+    | KeywordList
+    | Pong
+    | Error
+    | Ok
+    | Update
+    | Heartbeat
+    | Lease
+    | Register
+    | Renew
+    | Release
+    | Locate
+    | ListServices
+    | Leased
+    | Location
+    | ServiceList
+)
 
 #: Messages that expect a reply carrying the same ``id``.
 REQUESTS = (
