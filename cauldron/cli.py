@@ -1,23 +1,453 @@
-"""The ``cauldron`` and ``Cauldron-router-zmq`` commands (placeholder).
+"""The ``cauldron`` command: show, modify, monitor and describe keywords.
 
-Installed now so the console scripts exist; the real commands replace this.
+``main`` parses arguments and runs :func:`runCommand` under
+``twisted.internet.task.react``; :func:`runCommand` (the seam tests call
+in-process) takes the reactor and the parsed arguments and returns a Deferred
+firing with the exit status.
+
+Exit statuses: 0 success; 1 any cauldron error (one line on stderr, never a
+traceback); 2 bad usage (argparse's convention) or a command not available
+yet; 130 a command other than ``monitor`` interrupted by Ctrl-C.
 """
 
+import argparse
+import json
+import math
 import sys
+import time
 
-__all__ = ["main", "routerMain"]
+from twisted.internet import defer, task
+from twisted.python.failure import Failure
+
+from cauldron import config as _config
+from cauldron.errors import CauldronError, CauldronTimeout
+
+__all__ = ["main", "routerMain", "makeParser", "parseArgs", "runCommand", "parseAssignments"]
+
+#: seconds allowed beyond ``--timeout`` before we give up on the client ourselves
+GRACE = 1.0
+#: seconds allowed for the client to close its sockets at the end
+STOP_TIMEOUT = 2.0
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
-def _notYet():
-    sys.stderr.write("cauldron: not yet available\n")
-    sys.exit(2)
+# -- arguments -----------------------------------------------------------------
+
+
+def _timeout(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a number of seconds: %r" % (text,)) from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError("not a positive number of seconds: %r" % (text,))
+    return value
+
+
+def _count(text):
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a whole number: %r" % (text,)) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("not a positive number: %r" % (text,))
+    return value
+
+
+def parseAssignments(tokens):
+    """``["KW=VALUE", ...]`` to ``[(KW, VALUE), ...]``; the first ``=`` splits.
+
+    Raises ValueError naming the first token without a keyword and ``=``.
+    """
+    pairs = []
+    for token in tokens:
+        name, sep, value = token.partition("=")
+        if not sep or not name.strip():
+            raise ValueError("expected KEYWORD=VALUE, got %r" % (token,))
+        pairs.append((name.strip(), value))
+    return pairs
+
+
+def makeParser():
+    """The argument parser of ``cauldron``."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-c", "--config", metavar="CONFIG",
+        help="configuration file (default: $CAULDRON_CONFIG, else built-in)",
+    )
+    common.add_argument(
+        "--timeout", metavar="SECONDS", type=_timeout, default=5.0,
+        help="deadline of each request (default: 5)",
+    )
+    withService = argparse.ArgumentParser(add_help=False, parents=[common])
+    withService.add_argument("-s", "--service", required=True, help="service name")
+
+    parser = argparse.ArgumentParser(
+        prog="cauldron", description="Read, write, monitor and describe cauldron keywords."
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    show = commands.add_parser(
+        "show", parents=[withService], help="print KW = VALUE for each keyword"
+    )
+    show.add_argument("--binary", action="store_true", help="print binary (native) values")
+    show.add_argument("keywords", nargs="+", metavar="KW")
+
+    modify = commands.add_parser(
+        "modify", parents=[withService], help="write KW=VALUE in order, waiting for each"
+    )
+    modify.add_argument("assignments", nargs="+", metavar="KW=VALUE")
+
+    monitor = commands.add_parser(
+        "monitor", parents=[withService],
+        help="print the current value of each keyword, then every change",
+    )
+    monitor.add_argument("--count", type=_count, metavar="N", help="stop after N lines")
+    monitor.add_argument("keywords", nargs="+", metavar="KW")
+
+    describe = commands.add_parser(
+        "describe", parents=[withService], help="print keyword metadata and values"
+    )
+    describe.add_argument("keywords", nargs="*", metavar="KW")
+
+    commands.add_parser("services", parents=[common], help="list what the router knows")
+    commands.add_parser("demo", parents=[common], help="run a router and a demo dispatcher")
+    return parser
+
+
+def parseArgs(argv):
+    """Parsed arguments; bad usage exits 2 with argparse's message."""
+    parser = makeParser()
+    args = parser.parse_args(argv)
+    if args.command == "modify":
+        try:
+            args.assignments = parseAssignments(args.assignments)
+        except ValueError as e:
+            parser.exit(EXIT_USAGE, "cauldron modify: error: %s\n" % (e,))
+    return args
+
+
+# -- the seam ------------------------------------------------------------------
+
+
+def runCommand(reactor, args, out=None):
+    """Run a parsed command; a Deferred firing with the exit status.
+
+    Cauldron errors fail the Deferred (``main`` prints them); ``out`` is where
+    results are written (default: ``sys.stdout``, flushed per line).
+    """
+    out = sys.stdout if out is None else out
+    run = _COMMANDS[args.command]
+    return defer.Deferred.fromCoroutine(run(reactor, args, _Printer(out)))
+
+
+class _Printer:
+    """Writes whole lines and flushes each, so pipes see monitor output live."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def line(self, text):
+        self._stream.write(text + "\n")
+        self._stream.flush()
+
+
+def _deadline(d, reactor, seconds, what):
+    """Never wait longer than ``seconds`` for ``d``, whatever the client does."""
+
+    def timedOut(result, timeout):
+        raise CauldronTimeout("%s: no answer within %g s" % (what, timeout))
+
+    return d.addTimeout(seconds, reactor, onTimeoutCancel=timedOut)
+
+
+class _Session:
+    """A started client and one remote service; closed on exit, even on Ctrl-C."""
+
+    def __init__(self, reactor, args):
+        from cauldron.client import ClientService
+
+        self.reactor = reactor
+        self.args = args
+        self.client = ClientService(
+            config=_config.load(args.config), reactor=reactor, timeout=args.timeout
+        )
+        self.remote = None
+        self._trigger = None
+
+    async def __aenter__(self):
+        self.client.startService()
+        # Ctrl-C stops the reactor without finishing our coroutine: close then.
+        self._trigger = self.reactor.addSystemEventTrigger(
+            "before", "shutdown", self._onShutdown
+        )
+        try:
+            self.remote = await _deadline(
+                self.client.service(self.args.service),
+                self.reactor,
+                self.args.timeout + GRACE,
+                "service %r" % (self.args.service,),
+            )
+        except BaseException as e:
+            # __aexit__ does not run when __aenter__ fails: close the client here.
+            await self.__aexit__(type(e), e, e.__traceback__)
+            raise
+        return self
+
+    async def __aexit__(self, excType, exc, tb):
+        if self._trigger is not None:
+            self.reactor.removeSystemEventTrigger(self._trigger)
+            self._trigger = None
+        if excType is GeneratorExit:
+            # The coroutine is being discarded at exit (after Ctrl-C): nothing to wait for.
+            return False
+        await self._stop()
+        return False
+
+    def _onShutdown(self):
+        self._trigger = None  # fired triggers cannot be removed
+        return self._stop()
+
+    def _stop(self):
+        if not self.client.running:
+            return defer.succeed(None)
+        d = defer.maybeDeferred(self.client.stopService)
+        d = _deadline(d, self.reactor, STOP_TIMEOUT, "closing the client")
+        d.addErrback(lambda f: None)  # closing is best effort
+        return d
+
+    def keyword(self, name):
+        """The remote keyword; UnknownKeyword (a CauldronError) if there is none."""
+        return self.remote[name]
+
+    def guard(self, d, what):
+        """Bound a request by ``--timeout`` plus a grace period."""
+        return _deadline(d, self.reactor, self.args.timeout + GRACE, what)
+
+
+async def _show(reactor, args, printer):
+    async with _Session(reactor, args) as session:
+        remotes = [session.keyword(name) for name in args.keywords]
+        for kw in remotes:
+            if args.binary:
+                value = await session.guard(
+                    kw.read(binary=True, timeout=args.timeout), "read %s" % kw.name
+                )
+                text = _binaryText(value)
+            else:
+                text = await session.guard(kw.read(timeout=args.timeout), "read %s" % kw.name)
+            printer.line("%s = %s" % (kw.name, text))
+    return EXIT_OK
+
+
+async def _modify(reactor, args, printer):
+    async with _Session(reactor, args) as session:
+        writes = [(session.keyword(name), value) for name, value in args.assignments]
+        for kw, value in writes:
+            text = await session.guard(
+                kw.write(value, timeout=args.timeout), "write %s" % kw.name
+            )
+            printer.line("%s = %s" % (kw.name, text))
+    return EXIT_OK
+
+
+async def _monitor(reactor, args, printer):
+    async with _Session(reactor, args) as session:
+        remotes = [session.keyword(name) for name in args.keywords]
+        done = defer.Deferred()
+        printed = [0]
+        subscriptions = []
+
+        def show(value):
+            if done.called:
+                return
+            printer.line("%s %s = %s" % (_clock(value.timestamp), value.name, value.ascii))
+            printed[0] += 1
+            if args.count is not None and printed[0] >= args.count:
+                done.callback(None)
+
+        for kw in remotes:
+            subscription = kw.monitor(show, prime=True)
+            if isinstance(subscription, defer.Deferred):
+                subscription = await session.guard(subscription, "monitor %s" % kw.name)
+            subscriptions.append(subscription)
+            if done.called:
+                break
+        try:
+            await done  # with no --count, until Ctrl-C stops the reactor
+        finally:
+            for subscription in subscriptions:
+                subscription.stop()
+    return EXIT_OK
+
+
+async def _describe(reactor, args, printer):
+    async with _Session(reactor, args) as session:
+        names = [session.keyword(name).name for name in args.keywords] or None
+        infos = await session.guard(session.remote.describe(names), "describe")
+        rows = [_describeRow(info) for info in infos]
+        for line in _columns(rows):
+            printer.line(line)
+    return EXIT_OK
+
+
+async def _notYet(reactor, args, printer):
+    sys.stderr.write("cauldron: %s: not yet available\n" % (args.command,))
+    return EXIT_USAGE
+
+
+_COMMANDS = {
+    "show": _show,
+    "modify": _modify,
+    "monitor": _monitor,
+    "describe": _describe,
+    "services": _notYet,
+    "demo": _notYet,
+}
+
+
+# -- formatting ----------------------------------------------------------------
+
+
+def _binaryText(value):
+    if isinstance(value, (list, tuple)):
+        return "[%s]" % ", ".join(_binaryText(v) for v in value)
+    return str(value)
+
+
+def _clock(timestamp):
+    """``HH:MM:SS.mmm`` local time of a value (now, if it has no timestamp)."""
+    if timestamp is None:
+        timestamp = time.time()
+    seconds = math.floor(timestamp)
+    millis = min(int((timestamp - seconds) * 1000), 999)
+    return "%s.%03d" % (time.strftime("%H:%M:%S", time.localtime(seconds)), millis)
+
+
+def _quoted(text):
+    """Text shown as is, or JSON-quoted when empty or holding whitespace."""
+    if text is None:
+        return "-"
+    text = str(text)
+    if not text or any(c.isspace() for c in text):
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+def _names(mapping):
+    items = sorted(((int(k), v) for k, v in mapping.items()), key=lambda item: item[0])
+    return ",".join("%d=%s" % item for item in items)
+
+
+def _describeRow(info):
+    """name, type, value, units, limits, flags, description."""
+    value = "-" if info.get("writeonly") else _quoted(info.get("ascii"))
+    if info.get("enumerators"):
+        limits = "enum " + _names(info["enumerators"])
+    elif info.get("bits"):
+        limits = "bits " + _names(info["bits"])
+    elif info.get("range"):
+        low, high = info["range"]
+        limits = "range %s..%s" % ("" if low is None else low, "" if high is None else high)
+    else:
+        limits = "-"
+    flags = [flag for flag in ("readonly", "writeonly") if info.get(flag)]
+    return [
+        str(info.get("name", "?")),
+        str(info.get("type", "?")).replace(" ", "-"),
+        value,
+        info.get("units") or "-",
+        limits,
+        ",".join(flags) or "-",
+        info.get("description") or "",
+    ]
+
+
+def _columns(rows):
+    """Rows aligned in columns; the last column is left ragged."""
+    if not rows:
+        return []
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = []
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)]
+        cells.append(row[-1])
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+# -- entry points --------------------------------------------------------------
+
+
+def _describeError(failure):
+    error = failure.value
+    if isinstance(error, CauldronError):
+        return str(error) or type(error).__name__
+    return "unexpected error: %s: %s" % (type(error).__name__, error)
 
 
 def main(argv=None):
-    """Entry point of ``cauldron``."""
-    _notYet()
+    """Entry point of ``cauldron``; exits with the command's status."""
+    args = parseArgs(sys.argv[1:] if argv is None else argv)
+    if args.command in ("services", "demo"):
+        sys.stderr.write("cauldron: %s: not yet available\n" % (args.command,))
+        raise SystemExit(EXIT_USAGE)
+    state = {"finished": False, "interrupted": False}
+
+    def reactMain(reactor):
+        def shuttingDown():
+            # Before the command finished, only a signal (Ctrl-C) stops the reactor.
+            if not state["finished"]:
+                state["interrupted"] = True
+
+        reactor.addSystemEventTrigger("before", "shutdown", shuttingDown)
+        d = runCommand(reactor, args)
+
+        def finished(result):
+            state["finished"] = True
+            if state["interrupted"]:
+                return _interruptedStatus(args)
+            if isinstance(result, Failure):
+                sys.stderr.write("cauldron: %s\n" % (_describeError(result),))
+                sys.stderr.flush()
+                return EXIT_ERROR
+            return result
+
+        d.addBoth(finished)
+        d.addCallback(_exitWith)
+        return d
+
+    try:
+        task.react(reactMain)
+    except SystemExit as e:
+        if state["interrupted"] and not state["finished"] and not e.code:
+            # The reactor stopped with the command still waiting.
+            raise SystemExit(_interruptedStatus(args)) from None
+        raise
+
+
+def _interruptedStatus(args):
+    """Ctrl-C is how monitor ends (0); any other command was cut short (130)."""
+    if args.command == "monitor":
+        return EXIT_OK
+    sys.stderr.write("cauldron: interrupted\n")
+    sys.stderr.flush()
+    return EXIT_INTERRUPTED
+
+
+def _exitWith(status):
+    """How task.react learns an exit status other than 0."""
+    if status:
+        raise SystemExit(status)
+    return None
 
 
 def routerMain(argv=None):
-    """Entry point of ``Cauldron-router-zmq``."""
-    _notYet()
+    """Entry point of ``Cauldron-router-zmq`` (placeholder: another issue)."""
+    sys.stderr.write("cauldron: not yet available\n")
+    sys.exit(2)

@@ -1,17 +1,39 @@
-"""twistd plugin options and service makers (placeholder services).
+"""twistd plugin options and service makers.
 
-The option parsers are real so ``twistd cauldron-router --help`` works now;
-the services land later.
+``twistd -n cauldron-dispatcher -c CONFIG -s SERVICE -k KEYWORDS.toml`` serves
+the keywords of a TOML file.  Everything that can be checked before the
+reactor runs (configuration, keyword file) is checked in ``postOptions``, so a
+bad file is a usage error: twistd prints it and exits non-zero.
+
+A failure to start (an address in use, say) only shows once the reactor
+runs; :class:`DispatcherRunner` turns it into one log line, a stopped reactor
+and a non-zero exit status, which twistd has no API for.
 """
 
+import atexit
+import math
+import os
+import sys
+
+from twisted.application import service
+from twisted.logger import Logger
 from twisted.python import usage
+
+from cauldron import config as _config
+from cauldron.errors import CauldronError
 
 __all__ = [
     "RouterOptions",
     "DispatcherOptions",
+    "DispatcherRunner",
     "makeRouterService",
     "makeDispatcherService",
 ]
+
+log = Logger()
+
+#: exit status of twistd when the dispatcher could not start
+START_FAILED_STATUS = 1
 
 
 class RouterOptions(usage.Options):
@@ -33,15 +55,136 @@ class RouterOptions(usage.Options):
     opt_v = opt_verbose
 
 
-class DispatcherOptions(usage.Options):
-    """Options of ``twistd cauldron-dispatcher``."""
+def _positiveSeconds(text):
+    """A heartbeat interval: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("not a number of seconds: %r" % (text,)) from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError("not a positive number of seconds: %r" % (text,))
+    return value
 
-    synopsis = "-c CONFIG -s SERVICE -k KEYWORDS.toml"
+
+class DispatcherOptions(usage.Options):
+    """Options of ``twistd cauldron-dispatcher``.
+
+    After parsing, ``options.loadedConfig`` and ``options.keywordObjects``
+    hold the validated configuration and the keywords to serve.
+    """
+
+    synopsis = "[-c CONFIG] -s SERVICE -k KEYWORDS.toml [--heartbeat SECONDS]"
     optParameters = [
         ["config", "c", None, "Configuration file (default: $CAULDRON_CONFIG, else built-in)."],
-        ["service", "s", None, "Name of the service to serve."],
-        ["keywords", "k", None, "TOML file defining the keywords."],
+        ["service", "s", None, "Name of the service to serve (required)."],
+        ["keywords", "k", None, "TOML file defining the keywords (required)."],
+        [
+            "heartbeat",
+            None,
+            1.0,
+            "Seconds between heartbeats and lease renewals.",
+            _positiveSeconds,
+        ],
     ]
+
+    loadedConfig = None
+    keywordObjects = None
+
+    def postOptions(self):
+        """Check everything we can before the reactor runs."""
+        # Imported here: twistd lists plugins by importing this module.
+        from cauldron.keywordfile import loadKeywords
+
+        for name in ("service", "keywords"):
+            if not self[name]:
+                raise usage.UsageError("--%s is required" % (name,))
+        serviceName = self["service"].strip()
+        if not serviceName or any(c.isspace() for c in serviceName):
+            raise usage.UsageError("--service: bad service name %r" % (self["service"],))
+        self["service"] = serviceName
+        try:
+            self.loadedConfig = _config.load(self["config"])
+            self.keywordObjects = loadKeywords(self["keywords"])
+        except CauldronError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+class DispatcherRunner(service.MultiService):
+    """Runs one dispatcher under twistd; a failed start ends the process.
+
+    :param dispatcher: the :class:`cauldron.dispatcher.DispatcherService`.
+    :param reactor: stopped when the dispatcher fails to start.
+    :param exitWith: ``exitWith(status)`` arranges the process exit status;
+        the default makes twistd's process exit with it once twistd is done.
+    """
+
+    def __init__(self, dispatcher, reactor=None, exitWith=None):
+        service.MultiService.__init__(self)
+        self.dispatcher = dispatcher
+        dispatcher.setServiceParent(self)
+        self._reactor = reactor
+        self._exitWith = exitWith or _exitAfterTwistd
+        #: why the dispatcher could not start (a Failure), or None
+        self.failure = None
+
+    def startService(self):
+        service.MultiService.startService(self)
+        self.dispatcher.whenReady().addCallbacks(self._ready, self._failed)
+
+    def _ready(self, addresses):
+        log.info(
+            "cauldron-dispatcher: serving {name!r}: dispatch {dispatch}, broadcast {broadcast}",
+            name=self.dispatcher.name,
+            dispatch=addresses[0],
+            broadcast=addresses[1],
+        )
+
+    def _failed(self, failure):
+        self.failure = failure
+        log.critical(
+            "cauldron-dispatcher: cannot serve {name!r}: {why}",
+            name=self.dispatcher.name,
+            why=failure.getErrorMessage(),
+        )
+        self._exitWith(START_FAILED_STATUS)
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        # startService runs before twistd starts the reactor: stop it once it runs.
+        reactor.callWhenRunning(_stopQuietly, reactor)
+
+
+def _stopQuietly(reactor):
+    from twisted.internet.error import ReactorNotRunning
+
+    try:
+        reactor.stop()
+    except ReactorNotRunning:
+        pass
+
+
+_exitStatus = []
+
+
+def _exitAfterTwistd(status):
+    """Make the process exit with ``status`` after twistd's own cleanup.
+
+    twistd always exits 0 after a normal reactor stop (only signals are
+    passed on).  An atexit hook runs after twistd removed its pid file and
+    stopped logging; it flushes stdio and ends the process with ``status``.
+    """
+    if not _exitStatus:
+        atexit.register(_exitNow)
+    _exitStatus.append(status)
+
+
+def _exitNow():
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(_exitStatus[-1])
 
 
 def makeRouterService(options):
@@ -49,6 +192,15 @@ def makeRouterService(options):
     raise usage.UsageError("not yet available")
 
 
-def makeDispatcherService(options):
-    """Build a dispatcher service from parsed options."""
-    raise usage.UsageError("not yet available")
+def makeDispatcherService(options, reactor=None):
+    """Build the dispatcher service (wrapped in a :class:`DispatcherRunner`)."""
+    from cauldron.dispatcher import DispatcherService
+
+    dispatcher = DispatcherService(
+        options["service"],
+        config=options.loadedConfig,
+        keywords=options.keywordObjects,
+        reactor=reactor,
+        heartbeatInterval=options["heartbeat"],
+    )
+    return DispatcherRunner(dispatcher, reactor=reactor)

@@ -1,0 +1,281 @@
+"""Tests for cauldron.tap and the twistd plugins: options, service tree, discovery.
+
+Running twistd for real (bad keyword file, address in use) is covered by
+tests/test_cli.py, beside the other subprocess tests.
+"""
+
+import importlib
+import os
+import shutil
+import tempfile
+
+from twisted.application.service import IService, IServiceMaker, MultiService, Service
+from twisted.internet import defer
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs, formatEvent
+from twisted.plugin import IPlugin, getPlugins
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from cauldron import keywords
+from cauldron.config import Config
+from cauldron.tap import (
+    DispatcherOptions,
+    DispatcherRunner,
+    RouterOptions,
+    makeDispatcherService,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KEYWORDS = """
+[TEMP]
+type = "double"
+units = "K"
+initial = 20.0
+
+[MODE]
+type = "enum"
+enumerators = ["OFF", "ON"]
+"""
+
+
+def writeFile(testCase, text, name):
+    """A file in a fresh temporary directory removed after the test.
+
+    Not trial's mktemp(): under pytest it would create folders in the checkout.
+    """
+    folder = tempfile.mkdtemp(prefix="cauldron-test-")
+    testCase.addCleanup(shutil.rmtree, folder, True)
+    path = os.path.join(folder, name)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return path
+
+
+class DispatcherOptionsTests(SynchronousTestCase):
+    """``twistd cauldron-dispatcher`` options."""
+
+    def setUp(self):
+        self.keywordFile = writeFile(self, KEYWORDS, "demo.toml")
+        self.patch(os, "environ", {k: v for k, v in os.environ.items() if k != "CAULDRON_CONFIG"})
+
+    def parse(self, *argv):
+        options = DispatcherOptions()
+        options.parseOptions(list(argv))
+        return options
+
+    def test_defaults(self):
+        """Only -s and -k are needed; the config defaults and the heartbeat is 1 s."""
+        options = self.parse("-s", "demo", "-k", self.keywordFile)
+        self.assertEqual(options["service"], "demo")
+        self.assertEqual(options["keywords"], self.keywordFile)
+        self.assertIsNone(options["config"])
+        self.assertEqual(options["heartbeat"], 1.0)
+        self.assertIsInstance(options.loadedConfig, Config)
+        self.assertEqual([kw.name for kw in options.keywordObjects], ["TEMP", "MODE"])
+
+    def test_longOptions(self):
+        """Long forms and --heartbeat are accepted; the config file is loaded."""
+        config = writeFile(self, "[zmq-router]\nenable = no\n", "c.ini")
+        options = self.parse(
+            "--config", config, "--service", "demo", "--keywords", self.keywordFile,
+            "--heartbeat", "0.25",
+        )
+        self.assertEqual(options["heartbeat"], 0.25)
+        self.assertFalse(options.loadedConfig.get("zmq-router", "enable"))
+
+    def test_serviceRequired(self):
+        """Without -s the options fail with a UsageError naming it."""
+        error = self.assertRaises(usage.UsageError, self.parse, "-k", self.keywordFile)
+        self.assertIn("--service", str(error))
+
+    def test_keywordsRequired(self):
+        """Without -k the options fail with a UsageError naming it."""
+        error = self.assertRaises(usage.UsageError, self.parse, "-s", "demo")
+        self.assertIn("--keywords", str(error))
+
+    def test_badServiceName(self):
+        """A service name with spaces is refused."""
+        self.assertRaises(usage.UsageError, self.parse, "-s", "my demo", "-k", self.keywordFile)
+
+    def test_badHeartbeat(self):
+        """The heartbeat must be a positive number of seconds."""
+        for value in ("0", "-1", "fast", "nan", "inf"):
+            self.assertRaises(
+                usage.UsageError,
+                self.parse, "-s", "demo", "-k", self.keywordFile, "--heartbeat", value,
+            )
+
+    def test_badKeywordFile(self):
+        """A bad keyword file is a UsageError naming file, keyword and field."""
+        bad = writeFile(self, '[TEMP]\ntype = "double"\nrange = [1]\n', "bad.toml")
+        error = self.assertRaises(usage.UsageError, self.parse, "-s", "demo", "-k", bad)
+        self.assertEqual(str(error), "%s: [TEMP] range: expected [min, max], got [1]" % bad)
+
+    def test_missingKeywordFile(self):
+        """A missing keyword file is a UsageError naming it."""
+        error = self.assertRaises(
+            usage.UsageError, self.parse, "-s", "demo", "-k", "/nonexistent/k.toml"
+        )
+        self.assertIn("/nonexistent/k.toml", str(error))
+
+    def test_badConfig(self):
+        """A bad configuration file is a UsageError naming section and key."""
+        config = writeFile(self, "[zmq]\ndispatch-port = lots\n", "c.ini")
+        error = self.assertRaises(
+            usage.UsageError, self.parse, "-c", config, "-s", "demo", "-k", self.keywordFile
+        )
+        self.assertIn("[zmq] dispatch-port", str(error))
+
+    def test_routerOptionsUnchanged(self):
+        """The router options still parse -c and -v."""
+        options = RouterOptions()
+        options.parseOptions(["-v", "-v"])
+        self.assertEqual(options["verbose"], 2)
+
+
+class MakeServiceTests(SynchronousTestCase):
+    """makeDispatcherService builds a runner holding the dispatcher."""
+
+    def setUp(self):
+        self.keywordFile = writeFile(self, KEYWORDS, "demo.toml")
+        self.patch(os, "environ", {k: v for k, v in os.environ.items() if k != "CAULDRON_CONFIG"})
+
+    def test_tree(self):
+        """One DispatcherService, configured from the options, inside a MultiService."""
+        from cauldron.dispatcher import DispatcherService
+
+        options = DispatcherOptions()
+        options.parseOptions(["-s", "Demo", "-k", self.keywordFile, "--heartbeat", "2"])
+        reactor = MemoryReactorClock()
+        top = makeDispatcherService(options, reactor=reactor)
+        self.assertTrue(verifyObject(IService, top))
+        self.assertIsInstance(top, MultiService)
+        [child] = list(top)
+        self.assertIsInstance(child, DispatcherService)
+        self.assertIs(top.dispatcher, child)
+        self.assertEqual(child.name, "demo")
+        self.assertEqual(child.keywords(), ["MODE", "TEMP"])
+        self.assertEqual(child.heartbeatInterval, 2.0)
+        self.assertIs(child.config, options.loadedConfig)
+        self.assertIsInstance(child["temp"], keywords.Double)
+        self.assertFalse(top.running)
+
+
+class FakeDispatcher(Service):
+    """Stands in for a DispatcherService: whenReady gives a chosen result."""
+
+    def __init__(self, result):
+        self.name = "demo"
+        self._result = result
+
+    def whenReady(self):
+        if isinstance(self._result, Exception):
+            return defer.fail(self._result)
+        return defer.succeed(self._result)
+
+
+class FakeReactor:
+    """Records callWhenRunning hooks and stop() calls; runs hooks on request."""
+
+    def __init__(self):
+        self.hooks = []
+        self.stops = 0
+
+    def callWhenRunning(self, f, *args, **kwargs):
+        self.hooks.append((f, args, kwargs))
+
+    def stop(self):
+        self.stops += 1
+
+    def runHooks(self):
+        hooks, self.hooks = self.hooks, []
+        for f, args, kwargs in hooks:
+            f(*args, **kwargs)
+
+
+class RunnerTests(SynchronousTestCase):
+    """DispatcherRunner: a failed start stops the reactor and sets the exit status."""
+
+    def test_failedStart(self):
+        """A start failure is logged as one line, stops the reactor and asks for status 1."""
+        reactor = FakeReactor()
+        statuses = []
+        runner = DispatcherRunner(
+            FakeDispatcher(OSError("address already in use: tcp://127.0.0.1:1")),
+            reactor=reactor,
+            exitWith=statuses.append,
+        )
+        with capturedLogs() as events:
+            runner.startService()
+        self.assertEqual(statuses, [1])
+        self.assertIsNotNone(runner.failure)
+        messages = [formatEvent(e) for e in events if e.get("log_namespace") == "cauldron.tap"]
+        self.assertEqual(
+            messages,
+            ["cauldron-dispatcher: cannot serve 'demo': address already in use: "
+             "tcp://127.0.0.1:1"],
+        )
+        # twistd starts services before the reactor runs: the stop waits for it.
+        self.assertEqual(reactor.stops, 0)
+        reactor.runHooks()
+        self.assertEqual(reactor.stops, 1)
+
+    def test_started(self):
+        """A successful start logs the addresses and leaves the reactor alone."""
+        reactor = FakeReactor()
+        statuses = []
+        runner = DispatcherRunner(
+            FakeDispatcher(("tcp://127.0.0.1:1", "tcp://127.0.0.1:2")),
+            reactor=reactor,
+            exitWith=statuses.append,
+        )
+        with capturedLogs() as events:
+            runner.startService()
+        self.assertEqual(statuses, [])
+        self.assertIsNone(runner.failure)
+        text = " ".join(formatEvent(e) for e in events)
+        self.assertIn("dispatch tcp://127.0.0.1:1, broadcast tcp://127.0.0.1:2", text)
+        self.assertEqual((reactor.hooks, reactor.stops), ([], 0))
+
+
+class PluginTests(SynchronousTestCase):
+    """The plugins are discoverable by twistd."""
+
+    def setUp(self):
+        # importlib: ruff would sort a "twisted.plugins" import as first-party (our folder).
+        pluginPackage = importlib.import_module("twisted.plugins")
+        plugins = os.path.join(REPO, "twisted", "plugins")
+        if plugins not in pluginPackage.__path__:
+            # The repository is not installed: find its plugins as PYTHONPATH would.
+            pluginPackage.__path__.append(plugins)
+            self.addCleanup(pluginPackage.__path__.remove, plugins)
+
+    def plugin(self, tapname):
+        for plugin in getPlugins(IServiceMaker):
+            if plugin.tapname == tapname:
+                return plugin
+        self.fail("no %s plugin" % (tapname,))
+
+    def test_dispatcherPlugin(self):
+        """cauldron-dispatcher provides IServiceMaker with our options and maker."""
+        plugin = self.plugin("cauldron-dispatcher")
+        self.assertTrue(verifyObject(IServiceMaker, plugin))
+        self.assertTrue(verifyObject(IPlugin, plugin))
+        self.assertIs(plugin.options, DispatcherOptions)
+        self.assertIn("TOML", plugin.description)
+
+    def test_routerPlugin(self):
+        """cauldron-router is discoverable too."""
+        plugin = self.plugin("cauldron-router")
+        self.assertTrue(verifyObject(IServiceMaker, plugin))
+        self.assertIs(plugin.options, RouterOptions)
+
+    def test_pluginMakesService(self):
+        """The plugin's makeService goes through makeDispatcherService."""
+        plugin = self.plugin("cauldron-dispatcher")
+        options = plugin.options()
+        options.parseOptions(["-s", "demo", "-k", writeFile(self, KEYWORDS, "k.toml")])
+        top = plugin.makeService(options)
+        self.assertIsInstance(top, DispatcherRunner)
