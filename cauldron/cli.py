@@ -296,6 +296,31 @@ async def _describe(reactor, args, printer):
     return EXIT_OK
 
 
+async def _services(reactor, args, printer):
+    from cauldron.protocol.messages import ListServices
+    from cauldron.routerlink import routerChannel
+    from cauldron.transport import Transport
+
+    cfg = _config.load(args.config)
+    if not cfg.get("zmq-router", "enable"):
+        raise CauldronError("no router to ask: [zmq-router] enable = no in %s" % (cfg.source,))
+    transport = Transport(reactor)
+    channel = routerChannel(cfg, transport, timeout=args.timeout)
+    try:
+        reply = await channel.request(lambda i: ListServices(i), "list services")
+    finally:
+        channel.close()
+        transport.shutdown()
+    rows = [
+        (entry.service, entry.host, str(entry.dispatchPort), str(entry.broadcastPort),
+         "%.1fs" % (entry.age,))
+        for entry in reply.services
+    ]
+    for line in _columns(rows):
+        printer.line(line)
+    return EXIT_OK
+
+
 async def _notYet(reactor, args, printer):
     sys.stderr.write("cauldron: %s: not yet available\n" % (args.command,))
     return EXIT_USAGE
@@ -306,7 +331,7 @@ _COMMANDS = {
     "modify": _modify,
     "monitor": _monitor,
     "describe": _describe,
-    "services": _notYet,
+    "services": _services,
     "demo": _notYet,
 }
 
@@ -394,7 +419,7 @@ def _describeError(failure):
 def main(argv=None):
     """Entry point of ``cauldron``; exits with the command's status."""
     args = parseArgs(sys.argv[1:] if argv is None else argv)
-    if args.command in ("services", "demo"):
+    if args.command in ("demo",):
         sys.stderr.write("cauldron: %s: not yet available\n" % (args.command,))
         raise SystemExit(EXIT_USAGE)
     state = {"finished": False, "interrupted": False}
@@ -448,6 +473,35 @@ def _exitWith(status):
 
 
 def routerMain(argv=None):
-    """Entry point of ``Cauldron-router-zmq`` (placeholder: another issue)."""
-    sys.stderr.write("cauldron: not yet available\n")
-    sys.exit(2)
+    """Entry point of ``Cauldron-router-zmq [-c CONFIG] [-v ...]``: run a router.
+
+    Runs until interrupted (Ctrl-C or SIGTERM); exits 1 with one line on
+    stderr if the router cannot bind its address, 2 on bad usage.
+    """
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted.python import usage
+
+    from cauldron.router import RouterService
+    from cauldron.tap import RouterOptions
+
+    options = RouterOptions()
+    try:
+        options.parseOptions(sys.argv[1:] if argv is None else argv)
+    except usage.UsageError as e:
+        sys.stderr.write("Cauldron-router-zmq: %s\n" % (e,))
+        raise SystemExit(EXIT_USAGE) from None
+
+    def run(reactor):
+        globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)],
+                                         redirectStandardIO=False)
+        router = RouterService(options.loadedConfig, reactor=reactor,
+                               verbose=options["verbose"])
+        try:
+            router.startService()
+        except Exception as e:
+            sys.stderr.write("Cauldron-router-zmq: cannot start: %s\n" % (e,))
+            raise SystemExit(EXIT_ERROR) from None
+        reactor.addSystemEventTrigger("before", "shutdown", router.stopService)
+        return defer.Deferred()  # serve until the reactor is stopped by a signal
+
+    task.react(run)

@@ -26,6 +26,7 @@ __all__ = [
     "RouterOptions",
     "DispatcherOptions",
     "DispatcherRunner",
+    "RouterRunner",
     "makeRouterService",
     "makeDispatcherService",
 ]
@@ -44,15 +45,24 @@ class RouterOptions(usage.Options):
         ["config", "c", None, "Configuration file (default: $CAULDRON_CONFIG, else built-in)."],
     ]
 
+    loadedConfig = None
+
     def __init__(self):
         usage.Options.__init__(self)
-        self["verbose"] = 0
+        self["verbose"] = None  # None: [zmq-router] verbose decides
 
     def opt_verbose(self):
-        """Increase verbosity (up to three times)."""
-        self["verbose"] = min(self["verbose"] + 1, 3)
+        """Increase verbosity (up to three times; overrides [zmq-router] verbose)."""
+        self["verbose"] = min((self["verbose"] or 0) + 1, 3)
 
     opt_v = opt_verbose
+
+    def postOptions(self):
+        """A bad configuration is a usage error, reported before anything runs."""
+        try:
+            self.loadedConfig = _config.load(self["config"])
+        except CauldronError as e:
+            raise usage.UsageError(str(e)) from None
 
 
 def _positiveSeconds(text):
@@ -141,17 +151,46 @@ class DispatcherRunner(service.MultiService):
 
     def _failed(self, failure):
         self.failure = failure
-        log.critical(
-            "cauldron-dispatcher: cannot serve {name!r}: {why}",
-            name=self.dispatcher.name,
-            why=failure.getErrorMessage(),
+        _abortStart(
+            self._reactor, self._exitWith,
+            "cauldron-dispatcher: cannot serve %r: %s"
+            % (self.dispatcher.name, failure.getErrorMessage()),
         )
-        self._exitWith(START_FAILED_STATUS)
-        reactor = self._reactor
-        if reactor is None:
-            from twisted.internet import reactor
-        # startService runs before twistd starts the reactor: stop it once it runs.
-        reactor.callWhenRunning(_stopQuietly, reactor)
+
+
+class RouterRunner(service.MultiService):
+    """Runs the router under twistd; a router that cannot bind ends the process."""
+
+    def __init__(self, router, reactor=None, exitWith=None):
+        service.MultiService.__init__(self)
+        self.router = router
+        self._reactor = reactor
+        self._exitWith = exitWith or _exitAfterTwistd
+        self.failure = None
+
+    def startService(self):
+        service.MultiService.startService(self)
+        try:
+            self.router.startService()
+        except Exception as e:
+            self.failure = e
+            _abortStart(self._reactor, self._exitWith,
+                        "cauldron-router: cannot start: %s" % (e,))
+
+    def stopService(self):
+        service.MultiService.stopService(self)
+        if self.router.running:
+            self.router.stopService()
+
+
+def _abortStart(reactor, exitWith, message):
+    """Log why a service cannot start, stop the reactor and exit non-zero."""
+    log.critical("{line}", line=message)
+    exitWith(START_FAILED_STATUS)
+    if reactor is None:
+        from twisted.internet import reactor
+    # startService runs before twistd starts the reactor: stop it once it runs.
+    reactor.callWhenRunning(_stopQuietly, reactor)
 
 
 def _stopQuietly(reactor):
@@ -187,9 +226,12 @@ def _exitNow():
     os._exit(_exitStatus[-1])
 
 
-def makeRouterService(options):
-    """Build the router service from parsed options."""
-    raise usage.UsageError("not yet available")
+def makeRouterService(options, reactor=None):
+    """Build the router service (wrapped in a :class:`RouterRunner`)."""
+    from cauldron.router import RouterService
+
+    router = RouterService(options.loadedConfig, reactor=reactor, verbose=options["verbose"])
+    return RouterRunner(router, reactor=reactor)
 
 
 def makeDispatcherService(options, reactor=None):

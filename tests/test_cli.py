@@ -452,9 +452,9 @@ def test_usageErrors(argv):
     assert result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("command", ["services", "demo"])
+@pytest.mark.parametrize("command", ["demo"])
 def test_notYetAvailable(command):
-    """services and demo exist but say they are not available yet (exit 2)."""
+    """demo exists but says it is not available yet (exit 2)."""
     result = cauldron(command)
     assert result.returncode == 2, result
     assert result.stderr == "cauldron: %s: not yet available\n" % command
