@@ -48,6 +48,8 @@ log = Logger()
 _SEND_LAST = int(zmq.NOBLOCK)
 _SEND_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 _EVENTS = int(zmq.EVENTS)
+_RCVMORE = int(zmq.RCVMORE)
+_RECV = int(zmq.NOBLOCK)
 _POLLIN = int(zmq.POLLIN)
 
 
@@ -120,8 +122,15 @@ class _Connection(ZmqConnection):
         for _ in range(READ_BATCH):
             if self.closed:
                 return
+            socket = self.socket
             try:
-                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+                # Asking first is far cheaper than the EAGAIN exception of
+                # an empty socket, and re-arms the edge-triggered ZMQ_FD.
+                if not socket.getsockopt(_EVENTS) & _POLLIN:
+                    return
+                frames = [socket.recv(_RECV)]
+                while socket.getsockopt(_RCVMORE):
+                    frames.append(socket.recv(_RECV))
             except zmq.Again:
                 return
             except zmq.ZMQError as e:
