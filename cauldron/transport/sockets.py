@@ -90,6 +90,7 @@ class _Connection(ZmqConnection):
         # txZMQ's constructor registers the reader and calls doRead(): our
         # state must exist before it runs (txZMQ #79).
         self._onMessage = onMessage
+        self._reading = False
         self.malformed = 0
         self.closed = False
         super().__init__(factory)
@@ -119,6 +120,13 @@ class _Connection(ZmqConnection):
             if self.read_scheduled.active():
                 self.read_scheduled.cancel()
             self.read_scheduled = None
+        self._reading = True
+        try:
+            self._readBatch()
+        finally:
+            self._reading = False
+
+    def _readBatch(self):
         for _ in range(READ_BATCH):
             if self.closed:
                 return
@@ -152,8 +160,9 @@ class _Connection(ZmqConnection):
     def send(self, frames):
         """Send without blocking; :class:`QueueFull` when the peer's queue is full."""
         self._sendFrames(frames)
-        # ZMQ_FD is edge-triggered and a send may consume the edge: look once.
-        if self.socket.getsockopt(_EVENTS) & _POLLIN:
+        # ZMQ_FD is edge-triggered and a send may consume the edge: look once
+        # (unless a read loop is running: it looks before it returns).
+        if not self._reading and self.socket.getsockopt(_EVENTS) & _POLLIN:
             self._scheduleRead()
 
     def _sendFrames(self, frames):
