@@ -567,18 +567,25 @@ class RemoteKeyword:
                 self.service._subscriber.unsubscribe(codec.topicFor(self.name))
 
     def waitFor(self, predicate, timeout):
-        """Fires True once ``predicate(KeywordValue)`` holds, False after ``timeout`` s."""
-        result = defer.Deferred()
+        """Fires True once ``predicate(KeywordValue)`` holds, False after ``timeout`` s.
+
+        ``timeout=None`` waits for ever (KTL semantics); cancel the Deferred to stop.
+        """
         holder = {}
 
-        def finish(outcome):
-            if result.called:
-                return
+        def release():
             timer = holder.get("timer")
             if timer is not None and timer.active():
                 timer.cancel()
             if "subscription" in holder:
                 holder["subscription"].stop()
+
+        result = defer.Deferred(canceller=lambda d: release())
+
+        def finish(outcome):
+            if result.called:
+                return
+            release()
             if isinstance(outcome, Exception):
                 result.errback(outcome)
             else:
@@ -591,7 +598,8 @@ class RemoteKeyword:
             except Exception as e:
                 finish(e)
 
-        holder["timer"] = self.service._reactor.callLater(timeout, finish, False)
+        if timeout is not None:
+            holder["timer"] = self.service._reactor.callLater(timeout, finish, False)
         d = self.monitor(check, prime=True)
 
         def subscribed(subscription):

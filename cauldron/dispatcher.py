@@ -94,6 +94,7 @@ class DispatcherService(service.Service):
         self._changed = {}
         self._transport = None
         self._router = None
+        self._routerSocket = None
         self._publisher = None
         self._heartbeat = None
         self._ready = None
@@ -265,7 +266,7 @@ class DispatcherService(service.Service):
         if self._transport is not None:
             self._transport.shutdown()
             self._transport = None
-        self._publisher = None
+        self._publisher = self._routerSocket = None
         self.dispatchAddress = self.broadcastAddress = None
 
     # -- broadcasting
@@ -335,7 +336,7 @@ class DispatcherService(service.Service):
             self._reply(identity, result)
 
     def _reply(self, identity, message):
-        router = getattr(self, "_routerSocket", None)
+        router = self._routerSocket
         if router is None or router.closed:
             return
         if not router.sendTo(identity, codec.encode(message)):

@@ -244,6 +244,16 @@ class MonitorTests(unittest.TestCase):
         self.assertFalse(self.remote["COUNT"].monitored)
 
     @defer.inlineCallbacks
+    def test_waitForWithoutTimeoutCancelled(self):
+        """waitFor with no timeout waits until met or cancelled; cancelling stops its monitor."""
+        d = self.remote["COUNT"].waitFor(lambda v: v.binary == 99, None)
+        yield eventually(lambda: self.remote["COUNT"].monitored)
+        self.assertNoResult(d)
+        d.cancel()
+        yield self.assertFailure(d, defer.CancelledError)
+        self.assertFalse(self.remote["COUNT"].monitored)
+
+    @defer.inlineCallbacks
     def test_gapTriggersReread(self):
         """A broadcast whose sequence skips one makes the client re-read the keyword."""
         reads = []
