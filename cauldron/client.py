@@ -513,22 +513,25 @@ class RemoteKeyword:
         current value; should that be lost, a read after the client's
         timeout takes its place.
         """
-        d = defer.Deferred()
+        d = defer.Deferred(canceller=self._dropActivation)
         timer = self.service._reactor.callLater(
             self.service._client.timeout, self._activationLate, d
         )
         self._activation.append((d, timer))
         return d
 
-    def _activationLate(self, d):
+    def _dropActivation(self, d):
+        for waiter, timer in self._activation:
+            if waiter is d and timer.active():
+                timer.cancel()
         self._activation = [(w, t) for w, t in self._activation if w is not d]
+
+    def _activationLate(self, d):
+        self._dropActivation(d)
         self._read().chainDeferred(d)
 
     def _cancelActivation(self):
-        waiters, self._activation = self._activation, []
-        for d, timer in waiters:
-            if timer.active():
-                timer.cancel()
+        for d, _ in list(self._activation):
             d.cancel()
 
     def _refresh(self):
@@ -579,6 +582,8 @@ class RemoteKeyword:
                 timer.cancel()
             if "subscription" in holder:
                 holder["subscription"].stop()
+            elif "priming" in holder and not holder["priming"].called:
+                holder["priming"].cancel()  # stops the subscription it would give
 
         result = defer.Deferred(canceller=lambda d: release())
 
@@ -600,7 +605,7 @@ class RemoteKeyword:
 
         if timeout is not None:
             holder["timer"] = self.service._reactor.callLater(timeout, finish, False)
-        d = self.monitor(check, prime=True)
+        d = holder["priming"] = self.monitor(check, prime=True)
 
         def subscribed(subscription):
             holder["subscription"] = subscription
