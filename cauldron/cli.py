@@ -321,9 +321,28 @@ async def _services(reactor, args, printer):
     return EXIT_OK
 
 
-async def _notYet(reactor, args, printer):
-    sys.stderr.write("cauldron: %s: not yet available\n" % (args.command,))
-    return EXIT_USAGE
+async def _demo(reactor, args, printer):
+    from cauldron.demo import demoBanner, makeDemoService
+
+    demo = makeDemoService(_config.load(args.config), reactor)
+    demo.startService()
+    # Ctrl-C stops the reactor: release the lease and close sockets first.
+    reactor.addSystemEventTrigger("before", "shutdown", _stopRunning, demo)
+    try:
+        await _deadline(demo.whenReady(), reactor, args.timeout + GRACE, "starting the demo")
+    except BaseException:
+        await _stopRunning(demo)
+        raise
+    printer.line(demoBanner(demo))
+    await defer.Deferred()  # serve until Ctrl-C
+    return EXIT_OK
+
+
+def _stopRunning(svc):
+    """Stop a service if it still runs (a Deferred either way)."""
+    if not svc.running:
+        return defer.succeed(None)
+    return defer.maybeDeferred(svc.stopService)
 
 
 _COMMANDS = {
@@ -332,7 +351,7 @@ _COMMANDS = {
     "monitor": _monitor,
     "describe": _describe,
     "services": _services,
-    "demo": _notYet,
+    "demo": _demo,
 }
 
 
@@ -419,9 +438,6 @@ def _describeError(failure):
 def main(argv=None):
     """Entry point of ``cauldron``; exits with the command's status."""
     args = parseArgs(sys.argv[1:] if argv is None else argv)
-    if args.command in ("demo",):
-        sys.stderr.write("cauldron: %s: not yet available\n" % (args.command,))
-        raise SystemExit(EXIT_USAGE)
     state = {"finished": False, "interrupted": False}
 
     def reactMain(reactor):
@@ -457,8 +473,8 @@ def main(argv=None):
 
 
 def _interruptedStatus(args):
-    """Ctrl-C is how monitor ends (0); any other command was cut short (130)."""
-    if args.command == "monitor":
+    """Ctrl-C is how monitor and demo end (0); any other command was cut short (130)."""
+    if args.command in ("monitor", "demo"):
         return EXIT_OK
     sys.stderr.write("cauldron: interrupted\n")
     sys.stderr.flush()

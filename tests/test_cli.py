@@ -452,12 +452,32 @@ def test_usageErrors(argv):
     assert result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("command", ["demo"])
-def test_notYetAvailable(command):
-    """demo exists but says it is not available yet (exit 2)."""
-    result = cauldron(command)
-    assert result.returncode == 2, result
-    assert result.stderr == "cauldron: %s: not yet available\n" % command
+def test_demo(tmp_path):
+    """cauldron demo serves a router and the demo service until Ctrl-C (then exit 0)."""
+    routerPort = freePorts(1)[0]
+    first = 20000 + 2 * (routerPort % 19000)
+    config = tmp_path / "demo.ini"
+    config.write_text(
+        "[zmq]\nhost = 127.0.0.1\n"
+        "[zmq-router]\nhost = 127.0.0.1\nport = %d\nfirst-port = %d\nlast-port = %d\n"
+        % (routerPort, first, first + 40)
+    )
+    demo = Process([sys.executable, "-m", "cauldron", "demo", "-c", str(config)],
+                   cwd=str(tmp_path))
+    try:
+        demo.waitForLine(re.compile(r"Stop with Ctrl-C"))
+        assert "cauldron describe -c %s -s demo" % (config,) in demo.text()
+        described = cauldron("describe", "-c", str(config), "-s", "demo", cwd=str(tmp_path))
+        assert described.returncode == 0, described
+        names = [line.split()[0] for line in described.stdout.splitlines()]
+        assert {"TEMP", "MODE", "FILTER", "COUNT"} <= set(names), described.stdout
+        listed = cauldron("services", "-c", str(config), cwd=str(tmp_path))
+        assert listed.stdout.split()[0] == "demo", listed
+        demo.popen.send_signal(signal.SIGINT)
+        assert demo.wait() == 0, demo.text()
+        assert "Traceback" not in demo.text()
+    finally:
+        demo.kill()
 
 
 def test_help():
