@@ -81,7 +81,8 @@ class ClientService(service.Service):
         if self.config.get("zmq-router", "enable"):
             from cauldron.routerlink import Locator
 
-            self._locator = Locator(self.config, self._transport, self.timeout)
+            # Calls to the router use [zmq-router] timeout, as the seed says.
+            self._locator = Locator(self.config, self._transport)
 
     def stopService(self):
         super().stopService()
