@@ -8,6 +8,7 @@ timeout error when no reply arrives in time.  A reply arriving after that is
 dropped, never handed to a newer request.
 """
 
+import heapq
 import itertools
 
 from twisted.internet.defer import Deferred
@@ -49,7 +50,10 @@ class RequestChannel:
         self._reactor = transport.reactor
         self._onTimeout = onTimeout or self._defaultTimeoutError
         self._ids = itertools.count(1)
-        self._pending = {}
+        self._pending = {}  # id -> (Deferred, deadline, what, timeout)
+        self._deadlines = []  # heap of (deadline, id), stale entries included
+        self._timer = None  # one DelayedCall, at the earliest deadline
+        self._timerAt = None
         self._dealer = None
         self._connect()
 
@@ -77,29 +81,57 @@ class RequestChannel:
             raise ServiceUnavailable(f"{what}: {MAX_PENDING} requests already wait for {self.peer}")
         requestId = next(self._ids)
         frames = codec.encode(makeMessage(requestId))
-        d = Deferred(canceller=lambda d: self._forget(requestId))
         try:
             self._dealer.send(frames)
         except QueueFull:
             raise ServiceUnavailable(f"{what}: too many requests queued for {self.peer}") from None
-        timer = self._reactor.callLater(timeout, self._expired, requestId, what, timeout)
-        self._pending[requestId] = (d, timer)
+        d = Deferred(canceller=lambda d: self._forget(requestId))
+        deadline = self._reactor.seconds() + timeout
+        self._pending[requestId] = (d, deadline, what, timeout)
+        heapq.heappush(self._deadlines, (deadline, requestId))
+        if self._timer is None or deadline < self._timerAt:
+            self._scheduleExpiry(deadline)
         return d
 
-    def _forget(self, requestId):
-        entry = self._pending.pop(requestId, None)
-        if entry is not None and entry[1].active():
-            entry[1].cancel()
+    # -- deadlines: one timer for the earliest, not one DelayedCall per request
 
-    def _expired(self, requestId, what, timeout):
-        entry = self._pending.pop(requestId, None)
-        if entry is None:
-            return
-        if not self._pending:
+    def _scheduleExpiry(self, deadline):
+        delay = max(0.0, deadline - self._reactor.seconds())
+        if self._timer is None:
+            self._timer = self._reactor.callLater(delay, self._expire)
+        else:
+            self._timer.reset(delay)
+        self._timerAt = deadline
+
+    def _stopExpiry(self):
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+        self._deadlines = []
+
+    def _expire(self):
+        self._timer = None
+        now = self._reactor.seconds()
+        expired = []
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, requestId = heapq.heappop(self._deadlines)
+            entry = self._pending.pop(requestId, None)
+            if entry is not None:
+                expired.append(entry)
+        if self._deadlines:
+            self._scheduleExpiry(self._deadlines[0][0])
+        if expired and not self._pending:
             # Nothing else is in flight: drop what ZeroMQ still queues for a
             # peer that may be gone, so it is not delivered when it returns.
             self.reset()
-        entry[0].errback(self._onTimeout(what, timeout))
+        for d, _, what, timeout in expired:
+            d.errback(self._onTimeout(what, timeout))
+
+    def _forget(self, requestId):
+        self._pending.pop(requestId, None)
+        if not self._pending:
+            self._stopExpiry()
 
     def _received(self, frames):
         try:
@@ -111,8 +143,13 @@ class RequestChannel:
         entry = self._pending.pop(requestId, None)
         if entry is None:
             return  # late or unsolicited: never hand it to a newer request
-        d, timer = entry
-        timer.cancel()
+        if not self._pending:
+            self._stopExpiry()
+        elif len(self._deadlines) > 4 * len(self._pending) + 1024:
+            # Answered requests leave their deadlines behind: drop them.
+            self._deadlines = [(entry[1], i) for i, entry in self._pending.items()]
+            heapq.heapify(self._deadlines)
+        d = entry[0]
         if isinstance(message, Error):
             d.errback(errorFromName(message.error, message.message))
         else:
@@ -127,21 +164,19 @@ class RequestChannel:
     def failAll(self, error):
         """Fail every pending request with ``error`` (e.g. the peer died)."""
         pending, self._pending = self._pending, {}
-        for d, timer in pending.values():
-            if timer.active():
-                timer.cancel()
-            d.errback(error)
+        self._stopExpiry()
+        for entry in pending.values():
+            entry[0].errback(error)
 
     def close(self, error=None):
         """Fail what is pending (cancelled by default) and close the socket."""
         pending, self._pending = self._pending, {}
-        for d, timer in pending.values():
-            if timer.active():
-                timer.cancel()
+        self._stopExpiry()
+        for entry in pending.values():
             if error is None:
-                d.cancel()
+                entry[0].cancel()
             else:
-                d.errback(error)
+                entry[0].errback(error)
         if self._dealer is not None:
             self._transport.close(self._dealer)
             self._dealer = None

@@ -372,6 +372,51 @@ class DeadlineTests(unittest.TestCase):
         self.assertEqual(channel.pending, 0)
 
     @defer.inlineCallbacks
+    def test_deadlinesOutOfOrder(self):
+        """A shorter deadline sent later expires first; no timer outlives the requests."""
+        peer = FakePeer(self)
+        transport = Transport(globalReactor)
+        self.addCleanup(transport.shutdown)
+        channel = RequestChannel(transport, peer.address, "the fake peer", timeout=5)
+        self.addCleanup(channel.close)
+        order = []
+        slow = channel.request(lambda i: Ping(i), "slow", timeout=0.4)
+        fast = channel.request(lambda i: Ping(i), "fast", timeout=0.1)
+        slow.addErrback(lambda f: order.append(("slow", f.type)))
+        fast.addErrback(lambda f: order.append(("fast", f.type)))
+        yield eventually(lambda: len(order) == 2)
+        self.assertEqual(order, [("fast", errors.CauldronTimeout),
+                                 ("slow", errors.CauldronTimeout)])
+        self.assertIsNone(channel._timer)
+
+    @defer.inlineCallbacks
+    def test_answeredDeadlinesForgotten(self):
+        """Deadlines of answered requests do not pile up while others stay in flight."""
+        peer = FakePeer(self)
+        transport = Transport(globalReactor)
+        self.addCleanup(transport.shutdown)
+        channel = RequestChannel(transport, peer.address, "the fake peer", timeout=5)
+        self.addCleanup(channel.close)
+        held = channel.request(lambda i: Ping(i), "held")  # never answered
+        yield eventually(lambda: peer.requests)
+        heldId = peer.requests[0][1].id
+
+        def answer(identity, frames):
+            request = codec.decode(frames)
+            if request.id != heldId:
+                peer.reply(identity, Pong(request.id, "fake", "e"))
+
+        peer.router._onMessage = answer
+        for _ in range(30):
+            yield defer.gatherResults(
+                [channel.request(lambda i: Ping(i), "ping") for _ in range(100)]
+            )
+        self.assertEqual(channel.pending, 1)
+        self.assertLessEqual(len(channel._deadlines), 4 * channel.pending + 1024)
+        self.assertNoResult(held)
+        held.addErrback(lambda f: f.trap(defer.CancelledError))  # closed at cleanup
+
+    @defer.inlineCallbacks
     def test_malformedReplyCounted(self):
         """A reply that does not decode is counted and leaves the request pending."""
         peer = FakePeer(self)
