@@ -431,14 +431,17 @@ class RemoteKeyword:
 
     def read(self, binary=False, both=False, timeout=None):
         """A Deferred with the current value: ascii, binary, or ``(binary, ascii)``."""
-        d = self._read(timeout)
-        d.addCallback(_select, binary, both)
+        d = self.service.request(lambda i: Read(i, self.name), f"read {self.name}", timeout)
+        d.addCallback(self._repliedSelect, binary, both)
         return d
 
     def _read(self, timeout=None):
         d = self.service.request(lambda i: Read(i, self.name), f"read {self.name}", timeout)
         d.addCallback(self._replied)
         return d
+
+    def _repliedSelect(self, reply, binary, both):
+        return _select(self._replied(reply), binary, both)
 
     def write(self, value, timeout=None):
         """Write ``value``; fires with the new ascii value once the dispatcher completed it.

@@ -365,6 +365,8 @@ class Basic:
         A set() from inside a listener is validated at once but applied after
         the current listeners ran, so listeners never recurse.
         """
+        if value is self.value and value is not None and not force and not self._publishing:
+            return False  # the stored value itself (a default read): nothing changes
         binary = self.toBinary(value)
         self.check(binary)
         if self._publishing:
