@@ -33,11 +33,27 @@ __all__ = [
     "fromDescription",
     "INT32_MIN",
     "INT32_MAX",
+    "INT64_MIN",
+    "INT64_MAX",
     "MASK_BITS",
+    "MAX_TEXT_BYTES",
+    "MAX_ARRAY_LENGTH",
 ]
 
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
+#: an integer value (and an explicit integer range) must fit a signed 64-bit int
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+#: the longest text value (basic, string), in UTF-8 bytes: a message is capped
+#: at 1 MiB and a reply carries both the binary and the ascii form
+MAX_TEXT_BYTES = 256 * 1024
+#: the most elements of an array value
+MAX_ARRAY_LENGTH = 16384
+#: the longest text given for a non-text value (a number, or an array's text)
+_MAX_INPUT_CHARS = 64 * MAX_ARRAY_LENGTH
+#: how much of a rejected value a message shows
+_SHOWN_CHARS = 80
 #: a mask holds at most this many bits (unsigned), named or not
 MASK_BITS = 64
 MASK_MAX = 2**MASK_BITS - 1
@@ -47,11 +63,61 @@ _FALSE = frozenset({"0", "false", "f", "no", "off"})
 _CONTAINERS = (list, tuple, dict, set, frozenset)
 _ARRAY_SPLIT = re.compile(r"\s*,\s*|\s+")
 _MASK_SPLIT = re.compile(r"[\s,|]+")
+_ASCII_SPACE = " \t\n\r\f\v"
+# Numeric text is ASCII only: int() and float() also take "1_000" and
+# non-ASCII digits ("\u0663"), which KTL peers would not read back.
+_INTEGER_TEXT = re.compile(r"[+-]?(?:[0-9]+|0[xX][0-9a-fA-F]+|0[oO][0-7]+|0[bB][01]+)")
+_DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_SPECIAL_TEXT = re.compile(r"[+-]?(?:inf|infinity|nan)", re.IGNORECASE)
 _HOOKS = ("check", "prewrite", "write", "postwrite", "preread", "read", "postread")
 
 
 class _Reject(Exception):
     """Internal: why a value was refused, before the keyword name is added."""
+
+
+def _shown(value):
+    """``repr(value)``, cut to about 80 characters for an error message."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"<an int of {value.bit_length()} bits>"  # str() of a huge int is slow
+    if isinstance(value, (str, bytes)) and len(value) > 4 * _SHOWN_CHARS:
+        value = value[: 4 * _SHOWN_CHARS]  # repr of a huge value is wasted work
+    elif isinstance(value, (list, tuple)) and len(value) > _SHOWN_CHARS:
+        value = type(value)(value[:_SHOWN_CHARS])
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    if len(text) > _SHOWN_CHARS:
+        text = text[: _SHOWN_CHARS - 1] + "\u2026"
+    return text
+
+
+def _tooLong(value, size):
+    return f"{_shown(value)} is too long: {size} UTF-8 bytes, at most {MAX_TEXT_BYTES}"
+
+
+def _fitText(text):
+    """``text`` if it fits the wire: valid UTF-8 of at most MAX_TEXT_BYTES bytes."""
+    if len(text) > MAX_TEXT_BYTES:  # each character is at least one byte
+        raise _Reject(_tooLong(text, f"at least {len(text)}"))
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as e:
+        raise _Reject(
+            f"{_shown(text)} cannot be encoded as UTF-8 "
+            f"({e.object[e.start:e.end]!r} at {e.start}: {e.reason})"
+        ) from None
+    if size > MAX_TEXT_BYTES:
+        raise _Reject(_tooLong(text, size))
+    return text
+
+
+def _asciiText(value):
+    """``value`` stripped of ASCII whitespace; _Reject if it is absurdly long."""
+    if len(value) > _MAX_INPUT_CHARS:
+        raise _Reject(f"{_shown(value)} is too long ({len(value)} characters)")
+    return value.strip(_ASCII_SPACE)
 
 
 # -- scalar parsers shared by the types ------------------------------------
@@ -69,64 +135,67 @@ def _parseInteger(value, low, high, allowBool=True):
     """
     if isinstance(value, bool):
         if not allowBool:
-            raise _Reject(f"{value!r} is a boolean, not an integer")
+            raise _Reject(f"{_shown(value)} is a boolean, not an integer")
         return _bounded(int(value), low, high)
     if isinstance(value, int):
         return _bounded(value, low, high)
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise _Reject(f"{value!r} is not a finite number")
+            raise _Reject(f"{_shown(value)} is not a finite number")
         if not value.is_integer():
-            raise _Reject(f"{value!r} is not an integer")
+            raise _Reject(f"{_shown(value)} is not an integer")
         _bounded(value, low, high)
         return int(value)
     if isinstance(value, str):
-        text = value.strip()
-        try:
-            return _bounded(int(text, 10), low, high)
-        except ValueError:
-            pass
-        try:
-            # 0x10, 0o17, 0b101: handy for masks and register values.
-            return _bounded(int(text, 0), low, high)
-        except ValueError:
-            pass
-        try:
-            number = decimal.Decimal(text)
-        except decimal.InvalidOperation:
-            raise _Reject(f"{value!r} is not a number") from None
-        if not number.is_finite():
-            raise _Reject(f"{value!r} is not a finite number")
+        text = _asciiText(value)
+        number = _integerText(text)
+        if number is not None:
+            return _bounded(number, low, high)
+        if _SPECIAL_TEXT.fullmatch(text):
+            raise _Reject(f"{_shown(value)} is not a finite number")
+        if not _DECIMAL_TEXT.fullmatch(text):
+            raise _Reject(f"{_shown(value)} is not a number")
+        number = decimal.Decimal(text)  # "4.0", "1e3"; bounded before int()
         if number != number.to_integral_value():
-            raise _Reject(f"{value!r} is not an integer")
-        _bounded(number, low, high, shown=value)
+            raise _Reject(f"{_shown(value)} is not an integer")
+        _bounded(number, low, high, shown=_Shown(value))
         return int(number)
-    raise _Reject(f"{value!r} is not an integer")
+    raise _Reject(f"{_shown(value)} is not an integer")
 
 
 def _parseDouble(value, low, high):
     """Return a finite float within [low, high] or raise _Reject."""
     if isinstance(value, bool):
-        raise _Reject(f"{value!r} is a boolean, not a number")
+        raise _Reject(f"{_shown(value)} is a boolean, not a number")
     if isinstance(value, (int, float)):
         try:
             number = float(value)
         except OverflowError:
-            raise _Reject(f"{value!r} is too large for a double") from None
+            raise _Reject(f"{_shown(value)} is too large for a double") from None
     elif isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            raise _Reject(f"{value!r} is not a number") from None
+        text = _asciiText(value)
+        if not (_DECIMAL_TEXT.fullmatch(text) or _SPECIAL_TEXT.fullmatch(text)):
+            raise _Reject(f"{_shown(value)} is not a number")
+        number = float(text)
     else:
-        raise _Reject(f"{value!r} is not a number")
+        raise _Reject(f"{_shown(value)} is not a number")
     if not math.isfinite(number):
-        raise _Reject(f"{value!r} is not a finite number")
+        raise _Reject(f"{_shown(value)} is not a finite number")
     return _bounded(number, low, high)
 
 
+class _Shown:
+    """Shows a value cut short in a message (see :func:`_shown`)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __repr__(self):
+        return _shown(self.value)
+
+
 def _bounded(number, low, high, shown=None):
-    shown = number if shown is None else shown
+    shown = _Shown(number) if shown is None else shown
     if low is not None and number < low:
         raise _Reject(f"{shown!r} is below the minimum {low!r}")
     if high is not None and number > high:
@@ -145,19 +214,20 @@ def _parseBoolean(value):
             return True
         if text in _FALSE:
             return False
-    raise _Reject(f"{value!r} is not a boolean (use 1/0, true/false, yes/no, on/off)")
+    raise _Reject(f"{_shown(value)} is not a boolean (use 1/0, true/false, yes/no, on/off)")
 
 
 def _parseMetaInt(value):
     """An integer given in metadata: an int or an integer string (TOML keys)."""
     if _isInt(value):
-        return value
-    if isinstance(value, str):
-        try:
-            return int(value.strip(), 10)
-        except ValueError:
-            pass
-    raise _Reject(f"{value!r} is not an integer")
+        number = value
+    elif isinstance(value, str) and re.fullmatch(r"[+-]?[0-9]+", value.strip(_ASCII_SPACE)):
+        number = int(value.strip(_ASCII_SPACE), 10)
+    else:
+        raise _Reject(f"{_shown(value)} is not an integer")
+    if not INT64_MIN <= number <= INT64_MAX:
+        raise _Reject(f"{_shown(value)} does not fit in a signed 64-bit integer")
+    return number
 
 
 # -- the types --------------------------------------------------------------
@@ -307,15 +377,21 @@ class Basic:
         if value is None:
             raise _Reject("None is not a value")
         if isinstance(value, str):
-            return value
+            return _fitText(value)
         if isinstance(value, bytes):
+            if len(value) > MAX_TEXT_BYTES:
+                raise _Reject(_tooLong(value, len(value)))
             try:
                 return value.decode("utf-8")
             except UnicodeDecodeError:
-                raise _Reject(f"{value!r} is not UTF-8 text") from None
+                raise _Reject(f"{_shown(value)} is not UTF-8 text") from None
         if isinstance(value, _CONTAINERS):
-            raise _Reject(f"{value!r} is not a scalar")
-        return str(value)
+            raise _Reject(f"{_shown(value)} is not a scalar")
+        try:
+            text = str(value)
+        except ValueError as e:  # e.g. an int too large for str()
+            raise _Reject(f"{type(value).__name__} value has no text form: {e}") from None
+        return _fitText(text)
 
     def _ascii(self, binary):
         """The default ascii form of a valid binary value."""
@@ -535,9 +611,14 @@ class Integer(Basic):
         if bound is None:
             return None
         try:
-            return _parseInteger(bound, None, None, allowBool=False)
+            number = _parseInteger(bound, None, None, allowBool=False)
         except _Reject as e:
             raise self._badMeta("range", str(e)) from None
+        if not INT64_MIN <= number <= INT64_MAX:
+            raise self._badMeta(
+                "range", f"{_shown(bound)} does not fit in a signed 64-bit integer"
+            )
+        return number
 
     def _convert(self, value):
         return _parseInteger(value, *self.range)
@@ -612,7 +693,7 @@ class Enumerated(Basic):
             if number in self.enumerators:
                 return number
         valid = ", ".join(f"{i}={n}" for i, n in self.enumerators.items())
-        raise _Reject(f"{value!r} is not a valid enumerator (valid: {valid})")
+        raise _Reject(f"{_shown(value)} is not a valid enumerator (valid: {valid})")
 
     def _ascii(self, binary):
         return self.enumerators[binary]
@@ -663,7 +744,7 @@ class Mask(Basic):
         if _isInt(value):
             return self._checkBits(value)
         if isinstance(value, str):
-            text = value.strip()
+            text = _asciiText(value)
             if not text:
                 return 0
             if text.lower() not in self._byName:
@@ -672,31 +753,40 @@ class Mask(Basic):
                     return self._checkBits(number)
             return self._namesToMask(_MASK_SPLIT.split(text), value)
         if isinstance(value, (list, tuple, set, frozenset)):
+            if len(value) > MAX_ARRAY_LENGTH:
+                raise _Reject(f"{_shown(value)}: more than {MAX_ARRAY_LENGTH} bit names")
             for item in value:
                 if not isinstance(item, str):
-                    raise _Reject(f"{value!r}: {item!r} is not a bit name")
+                    raise _Reject(f"{_shown(value)}: {_shown(item)} is not a bit name")
             return self._namesToMask(value, value)
-        raise _Reject(f"{value!r} is not a mask (an integer or bit names)")
+        raise _Reject(f"{_shown(value)} is not a mask (an integer or bit names)")
 
     def _namesToMask(self, names, original):
         mask = 0
+        named = False
         for bitName in names:
             key = bitName.strip().lower()
             if not key:
                 continue
+            named = True
             if key not in self._byName:
                 valid = ", ".join(self.bits.values()) or "none defined"
-                raise _Reject(f"{original!r}: {bitName!r} is not a bit name (valid: {valid})")
+                raise _Reject(
+                    f"{_shown(original)}: {_shown(bitName)} is not a bit name (valid: {valid})"
+                )
             mask |= 1 << self._byName[key]
+        if not named and original:
+            # Only "" and [] mean 0: "," or " | " is more likely a mistake.
+            raise _Reject(f"{_shown(original)} has separators but no bit names")
         return mask
 
     def _checkBits(self, number):
         if number < 0:
-            raise _Reject(f"{number!r} is negative")
+            raise _Reject(f"{_shown(number)} is negative")
         if number & ~self._allBits:
             if not self.bits:
-                raise _Reject(f"{number!r} does not fit in {MASK_BITS} bits")
-            raise _Reject(f"{number!r} sets undefined bits {number & ~self._allBits:#x}")
+                raise _Reject(f"{_shown(number)} does not fit in {MASK_BITS} bits")
+            raise _Reject(f"{_shown(number)} sets undefined bits {number & ~self._allBits:#x}")
         return number
 
     def _ascii(self, binary):
@@ -730,16 +820,22 @@ class _Array(Basic):
 
     def _convert(self, value):
         if isinstance(value, str):
-            text = value.strip()
-            items = _ARRAY_SPLIT.split(text) if text else []
+            text = _asciiText(value)
+            items = _ARRAY_SPLIT.split(text, maxsplit=MAX_ARRAY_LENGTH) if text else []
         elif isinstance(value, collections.abc.Sequence) and not isinstance(value, bytes):
-            items = list(value)
+            items = value
         else:
-            raise _Reject(f"{value!r} is not a sequence of numbers")
+            raise _Reject(f"{_shown(value)} is not a sequence of numbers")
+        if len(items) > MAX_ARRAY_LENGTH:
+            raise _Reject(
+                f"{_shown(value)}: more than {MAX_ARRAY_LENGTH} elements"
+                + (f" ({len(items)})" if not isinstance(value, str) else "")
+            )
+        items = list(items)
         result = []
         for index, item in enumerate(items):
             if isinstance(item, str) and not item.strip():
-                raise _Reject(f"element {index} is empty in {value!r}")
+                raise _Reject(f"element {index} is empty in {_shown(value)}")
             try:
                 result.append(self._scalar._convert(self, item))
             except _Reject as e:
@@ -783,14 +879,16 @@ def _checkName(name):
 
 
 def _integerText(text):
-    """The int spelled by ``text`` (decimal, 0x, 0o, 0b), or None."""
+    """The int spelled by ``text`` (ASCII decimal, 0x, 0o, 0b), or None."""
+    text = text.strip(_ASCII_SPACE)
+    if not _INTEGER_TEXT.fullmatch(text):
+        return None  # also refuses "1_000" and non-ASCII digits
     try:
-        return int(text.strip(), 0)
-    except ValueError:
-        try:
-            return int(text.strip(), 10)
-        except ValueError:
-            return None
+        if text.lstrip("+-")[1:2] in ("x", "X", "o", "O", "b", "B"):
+            return int(text, 0)
+        return int(text, 10)  # "010" is decimal 10
+    except ValueError:  # more digits than int() converts: the caller decides
+        return None
 
 
 def _numberedNames(keyword, field, spec):

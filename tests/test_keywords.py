@@ -1,6 +1,7 @@
 """Tests for cauldron.keywords: conversion tables, round trips, value state."""
 
 import math
+import time
 
 import pytest
 from hypothesis import given
@@ -10,6 +11,10 @@ from cauldron.errors import BadValue, KeywordError
 from cauldron.keywords import (
     INT32_MAX,
     INT32_MIN,
+    INT64_MAX,
+    INT64_MIN,
+    MAX_ARRAY_LENGTH,
+    MAX_TEXT_BYTES,
     TYPES,
     Basic,
     Boolean,
@@ -211,6 +216,36 @@ REJECT = [
     ("double array", ["1", "nan"], "element 1: 'nan' is not a finite number"),
     ("double array", [True], "element 0: True is a boolean"),
     ("double array", {"a": 1}, "is not a sequence"),
+    # numeric text is ASCII only: int() and float() would take these
+    ("integer", "1_000", "'1_000' is not a number"),
+    ("integer", "0x_ff", "is not a number"),
+    ("integer", "\u0663", "is not a number"),  # ARABIC-INDIC DIGIT THREE
+    ("integer", "\uff11\uff12", "is not a number"),  # fullwidth 12
+    ("integer", "1_0.5", "is not a number"),
+    ("double", "1_000", "'1_000' is not a number"),
+    ("double", "1_000.5", "is not a number"),
+    ("double", "\u0663", "is not a number"),
+    ("double", "\u0663.5", "is not a number"),
+    ("enumerated", "0_1", "is not a valid enumerator"),  # int() reads 1
+    ("enumerated", "\u0661", "is not a valid enumerator"),
+    ("mask", "1_0", "is not a bit name"),
+    ("mask", "\u0661", "is not a bit name"),
+    ("integer array", "1 1_000", "element 1: '1_000' is not a number"),
+    ("double array", ["\u0663"], "element 0: '\u0663' is not a number"),
+    # separators alone are not an empty mask (only "" and [] are)
+    ("mask", ",", "',' has separators but no bit names"),
+    ("mask", " | ", "has separators but no bit names"),
+    ("mask", ", ,", "has separators but no bit names"),
+    ("mask", ["", " "], "has separators but no bit names"),
+    # values must fit the wire
+    ("string", "\ud800", "cannot be encoded as UTF-8"),
+    ("basic", "ok \udfff", "cannot be encoded as UTF-8"),
+    ("string", "x" * (MAX_TEXT_BYTES + 1), "is too long"),
+    ("string", "\u00e9" * (MAX_TEXT_BYTES // 2 + 1), "is too long"),  # 2 bytes each
+    ("basic", b"x" * (MAX_TEXT_BYTES + 1), "is too long"),
+    ("integer array", [0] * (MAX_ARRAY_LENGTH + 1), f"more than {MAX_ARRAY_LENGTH} elements"),
+    ("double array", " ".join(["1"] * (MAX_ARRAY_LENGTH + 1)), "more than"),
+    ("double array", range(10**12), "more than"),
 ]
 
 
@@ -224,6 +259,68 @@ def test_reject(typeName, given, why):
     assert why in message
     with pytest.raises(BadValue):
         kw.toAscii(given) if given is not None else kw.toBinary(given)
+
+
+def test_textAtTheLimitsIsAccepted():
+    kw = String("s")
+    assert kw.toBinary("x" * MAX_TEXT_BYTES) == "x" * MAX_TEXT_BYTES
+    assert kw.toBinary("\u00e9" * (MAX_TEXT_BYTES // 2)) == "\u00e9" * (MAX_TEXT_BYTES // 2)
+    assert kw.toBinary("\U0001f600") == "\U0001f600"  # a real (paired) astral character
+    assert IntegerArray("a").toBinary([1] * MAX_ARRAY_LENGTH) == [1] * MAX_ARRAY_LENGTH
+    text = " ".join(["-1.2345678901234567e-300"] * MAX_ARRAY_LENGTH)
+    assert len(DoubleArray("a").toBinary(text)) == MAX_ARRAY_LENGTH
+    assert Integer("i").toBinary("0x7f") == 127
+    assert Integer("i").toBinary(" -0o17 ") == -15
+    assert Integer("i").toBinary("+0B11") == 3
+    assert Double("d").toBinary(".5") == 0.5
+    assert Double("d").toBinary("5.") == 5.0
+    assert Double("d").toBinary("-1E+03") == -1000.0
+
+
+def test_oversizedTextIsRejectedFast():
+    start = time.monotonic()
+    for kw in (Integer("i"), Double("d"), IntegerArray("a"), Mask("m"), String("s")):
+        with pytest.raises(BadValue, match="too long|more than"):
+            kw.toBinary("1 " * 10**7)
+    assert time.monotonic() - start < 2
+
+
+def test_rejectedValuesAreCutShortInMessages():
+    with pytest.raises(BadValue) as info:
+        Integer("i").toBinary("z" * 10000)
+    message = str(info.value)
+    assert len(message) < 150 and "\u2026" in message
+    with pytest.raises(BadValue) as info:
+        Integer("i").toBinary(2**100000)
+    assert str(info.value) == "I: <an int of 100001 bits> is above the maximum 2147483647"
+    with pytest.raises(BadValue) as info:
+        IntegerArray("a").toBinary(["x" * 500])
+    assert len(str(info.value)) < 150
+    with pytest.raises(BadValue) as info:
+        Mask("m", bits=BITS).toBinary("POWER, " + "Q" * 5000)
+    assert len(str(info.value)) < 300
+
+
+def test_integerRangeMustFitInt64():
+    assert Integer("i", range=(INT64_MIN, INT64_MAX)).range == (INT64_MIN, INT64_MAX)
+    for bad in [(0, INT64_MAX + 1), (INT64_MIN - 1, 0), (0, 2**100), (0, "0x8000000000000000")]:
+        with pytest.raises(BadValue, match="bad range: .* signed 64-bit"):
+            Integer("i", range=bad)
+    with pytest.raises(BadValue, match="signed 64-bit"):
+        IntegerArray("a", range=(0, 2**64))
+    with pytest.raises(BadValue, match="bad enumerators: .* signed 64-bit"):
+        Enumerated("e", enumerators={str(2**63): "HUGE"})
+    kw = Integer("i", range=(0, None))
+    with pytest.raises(BadValue, match="above the maximum"):
+        kw.toBinary(INT64_MAX)
+
+
+def test_limitsAreExported():
+    import cauldron.keywords as keywords
+
+    for name in ("MAX_TEXT_BYTES", "MAX_ARRAY_LENGTH", "INT64_MIN", "INT64_MAX"):
+        assert name in keywords.__all__
+    assert (MAX_TEXT_BYTES, MAX_ARRAY_LENGTH) == (256 * 1024, 16384)
 
 
 def test_badValueIsAValueError():
