@@ -19,22 +19,33 @@ Which value of a keyword an operand stands for (KTL keywords have two):
 
 With ``case=False`` string comparisons ignore case, as KTL's ``waitFor``
 does by default.  Unlike KTL, bare words are not strings: quote them.
+
+Evaluation is bounded too, since it runs in the reactor thread: an integer
+result of ``**``, ``<<`` or ``*`` may have at most ``MAX_INT_BITS`` (100,000)
+bits (checked before computing it), a string, list or tuple built by ``*``
+or ``+`` at most ``MAX_LENGTH`` (10,000) items, a float overflow is an
+error, and ``%`` string formatting is not allowed.  Each refusal is a
+:class:`ValueError` naming the operation.
 """
 
 import ast
+import math
 import operator
 import re
 from collections import namedtuple
 
-__all__ = ["Expression", "Value", "parse"]
+__all__ = ["MAX_DEPTH", "MAX_INT_BITS", "MAX_LENGTH", "Expression", "Value", "parse"]
 
 #: one operand's two forms; any object with ``binary`` and ``ascii`` will do
 Value = namedtuple("Value", "binary ascii")
 
+#: bounds that keep a hostile expression from eating memory or CPU: the
+#: source length, and the length of a string, list or tuple it builds
 MAX_LENGTH = 10000
-#: bounds that keep a hostile expression from eating memory or CPU
-MAX_EXPONENT = 256
-MAX_SHIFT = 256
+#: the most bits an integer result of ``**``, ``<<`` or ``*`` may have; the
+#: bound is on the result (``((9 ** 256) ** 256) ** 256`` is refused at once)
+MAX_INT_BITS = 100_000
+#: how deeply an expression may nest
 MAX_DEPTH = 100
 
 _OPERAND = re.compile(r"\$([A-Za-z_]\w*)\.([A-Za-z_]\w*)")
@@ -283,15 +294,79 @@ class _Evaluator:
     def binop(self, node):
         left, right = self.value(node.left), self.value(node.right)
         op = type(node.op)
-        if op is ast.Pow and _isNumber(right) and abs(right) > MAX_EXPONENT:
-            raise ValueError(f"exponent {right!r} too large (at most {MAX_EXPONENT})")
-        if op is ast.LShift and _isNumber(right) and right > MAX_SHIFT:
-            raise ValueError(f"shift {right!r} too large (at most {MAX_SHIFT})")
-        if op is ast.Mult:
-            for a, b in ((left, right), (right, left)):
-                if isinstance(a, (str, list, tuple)) and _isNumber(b) and b * len(a) > MAX_LENGTH:
-                    raise ValueError(f"repetition too long (at most {MAX_LENGTH} items)")
-        return _BINARY[op](left, right)
+        _checkSize(op, left, right)
+        try:
+            return _BINARY[op](left, right)
+        except OverflowError:
+            raise ValueError(
+                f"{_OPERATION[op]} overflows: {_short(left)} and {_short(right)}"
+            ) from None
+
+
+_OPERATION = {
+    ast.Add: "addition",
+    ast.Sub: "subtraction",
+    ast.Mult: "multiplication",
+    ast.Div: "division",
+    ast.FloorDiv: "floor division",
+    ast.Mod: "modulo",
+    ast.Pow: "exponentiation",
+    ast.BitAnd: "bitwise and",
+    ast.BitOr: "bitwise or",
+    ast.BitXor: "bitwise xor",
+    ast.LShift: "left shift",
+    ast.RShift: "right shift",
+}
+
+
+def _short(value):
+    text = repr(value) if not isinstance(value, int) or value.bit_length() < 200 else None
+    if text is None:
+        return f"an int of {value.bit_length()} bits"
+    return text if len(text) <= 40 else text[:39] + "\u2026"
+
+
+def _checkSize(op, left, right):
+    """Refuse an operation whose RESULT would be too large to compute quickly.
+
+    Bounding only the right operand is not enough: ``(9 ** 256) ** 256`` has
+    a small exponent and a huge result.
+    """
+    what = _OPERATION[op]
+    if op is ast.Pow and _isInt(left) and _isInt(right) and right > 0 and abs(left) > 1:
+        # log2 works on ints of any size; right > MAX_INT_BITS first keeps
+        # the product a float
+        if right > MAX_INT_BITS or math.log2(abs(left)) * right > MAX_INT_BITS:
+            raise ValueError(
+                f"{what} too large: {_short(left)} ** {_short(right)} would exceed "
+                f"{MAX_INT_BITS} bits"
+            )
+    elif op is ast.LShift and _isInt(left) and _isInt(right) and left and right > 0:
+        if abs(left).bit_length() + right > MAX_INT_BITS:
+            raise ValueError(
+                f"{what} too large: {_short(left)} << {_short(right)} would exceed "
+                f"{MAX_INT_BITS} bits"
+            )
+    elif op is ast.Mult:
+        if _isInt(left) and _isInt(right):
+            if abs(left).bit_length() + abs(right).bit_length() > MAX_INT_BITS:
+                raise ValueError(
+                    f"{what} too large: {_short(left)} * {_short(right)} would exceed "
+                    f"{MAX_INT_BITS} bits"
+                )
+        for a, b in ((left, right), (right, left)):
+            if isinstance(a, (str, list, tuple)) and _isInt(b) and b * len(a) > MAX_LENGTH:
+                raise ValueError(
+                    f"repetition too long: {_short(a)} * {_short(b)} "
+                    f"(at most {MAX_LENGTH} items)"
+                )
+    elif op is ast.Add:
+        if isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
+            if len(left) + len(right) > MAX_LENGTH:
+                raise ValueError(f"concatenation too long (at most {MAX_LENGTH} items)")
+    elif op is ast.Mod and isinstance(left, str):
+        # '%2000000000d' % 1 would build a 2 GB string
+        raise ValueError(f"string formatting not allowed in an expression: {_short(left)} % ...")
 
 
 def _textual(value):
@@ -301,8 +376,8 @@ def _textual(value):
     return isinstance(value, str)
 
 
-def _isNumber(value):
-    return isinstance(value, (int, float))
+def _isInt(value):
+    return isinstance(value, int)  # bool included
 
 
 def _fold(value):

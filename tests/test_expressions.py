@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -124,6 +125,44 @@ def test_resource_bombs_are_refused():
         parse("1" + " + 1" * expressions.MAX_LENGTH)
     with pytest.raises(ValueError, match="nested"):
         parse("(" * 3000 + "1" + ")" * 3000)
+
+
+@pytest.mark.parametrize(
+    "text, operation",
+    [
+        # small exponents, huge results: bounding the exponent alone let
+        # these run for seconds to minutes
+        ("((9 ** 256) ** 256) ** 256 > 1", "exponentiation"),
+        ("(((9 ** 256) ** 256) ** 256) ** 256 > 1", "exponentiation"),
+        ("(9 ** 256) ** 256 ** 2 > 1", "exponentiation"),
+        ("2 ** 100001 > 1", "exponentiation"),
+        ("(1 << 99000) << 2000 > 1", "left shift"),
+        ("(1 << 60000) * (1 << 60000) > 1", "multiplication"),
+        ("((3 ** 25000) * (3 ** 25000)) * (3 ** 25000) > 1", "multiplication"),
+        ("'ab' * 6000 == 'a'", "repetition"),
+        ("('a' * 10000) + ('a' * 10000) == 'a'", "concatenation"),
+        ("[0] * 10000 + [1] == [1]", "concatenation"),
+        ("'%2000000000d' % 1 == '1'", "string formatting"),
+        ("2.0 ** 100000 > 1", "exponentiation"),
+        ("(10 ** 400) * 1.0 > 1", "multiplication"),
+        ("(10 ** 400) ** 0.5 > 1", "exponentiation"),
+    ],
+)
+def test_results_too_large_are_refused_fast(text, operation):
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=operation):
+        parse(text).evaluate({})
+    assert time.monotonic() - start < 0.5
+
+
+def test_large_but_bounded_results_still_work():
+    assert parse("2 ** 99999 > 1").evaluate({}) is True
+    assert parse("(1 << 99999) > 0").evaluate({}) is True
+    assert parse("(2 ** 50000) * (2 ** 49000) > 0").evaluate({}) is True
+    assert parse("2 ** -100000000 == 0.0").evaluate({}) is True
+    assert parse("1 ** 10000000000 == 1 and (-1) ** 10000000001 == -1").evaluate({}) is True
+    assert parse("2.0 ** 0.5 > 1.41").evaluate({}) is True
+    assert parse("'a' * 10000 > 'a'").evaluate({}) is True
 
 
 def test_error_message_shows_operands_as_written():
