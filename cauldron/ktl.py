@@ -32,7 +32,12 @@ Errors
 Exit
     Clients are stopped in the reactor's ``before shutdown`` trigger, which
     crochet fires when the main thread ends (``atexit`` would run too late:
-    only after crochet's reactor thread is gone).
+    only after crochet's reactor thread is gone).  A call still blocked then
+    (say in a daemon thread) is released: ``waitFor``, ``wait`` and
+    :meth:`Sequence.wait` return False; other calls raise
+    :class:`cauldron.errors.ServiceUnavailable`, except in a daemon thread
+    once the main thread has ended, where they never return (the interpreter
+    is about to end that thread anyway) rather than print a traceback.
 """
 
 import itertools
@@ -78,15 +83,17 @@ SHUTDOWN_TIMEOUT = 2.0
 _lock = threading.Lock()
 _services = {}  # (name, Config) -> Service; guarded by _lock
 _clients = {}  # Config -> ClientService; reactor thread only
-_triggerAdded = False  # reactor thread only
+
+# Calls handed to the reactor and not answered yet; released with
+# _ReactorGone when the reactor stops.  Guarded by _callLock.
+_callLock = threading.Lock()
+_pending = set()
+_reactorGone = False
+_setupDone = False  # guarded by _callLock
+_exiting = False  # the main thread has ended: the interpreter is exiting
 
 
 # -- running things in the reactor thread ------------------------------------
-
-
-@crochet.run_in_reactor
-def _inReactor(fn, *args, **kwargs):
-    return fn(*args, **kwargs)
 
 
 def _reactor():
@@ -95,10 +102,145 @@ def _reactor():
     return reactor
 
 
-def _start(fn, *args, **kwargs):
-    """Run ``fn`` in the reactor thread; an EventualResult (crochet set up lazily)."""
+class _ReactorGone(Exception):
+    """Internal: the reactor stopped before the call was answered."""
+
+
+class _Call:
+    """A function run in the reactor thread and its outcome, for another thread.
+
+    The outcome (a value or a Failure) lands in a slot guarded by a
+    :class:`threading.Event`, filled by a callback added in the reactor
+    thread.  Unlike a crochet ``EventualResult``, a failure nobody looked at
+    is never printed: it is logged at *info* level, once, when the call is
+    garbage collected (a dropped ``wait=False`` handle), and not at all when
+    we cancelled the call ourselves (a deadline passed).
+    """
+
+    def __init__(self, what):
+        self.what = what
+        self._done = threading.Event()
+        self._value = None
+        self._failure = None
+        self._retrieved = False
+        self._cancelled = False
+        self._deferred = None
+
+    def _run(self, fn, args, kwargs):
+        """Reactor thread: start ``fn``; its outcome fills the slot."""
+        if self._done.is_set():  # the reactor stopped before we got here
+            return
+        d = defer.maybeDeferred(fn, *args, **kwargs)
+        self._deferred = d
+        d.addBoth(self._fill)
+        if self._cancelled:
+            d.cancel()
+
+    def _fill(self, result):
+        """Reactor thread: keep the outcome; a failure is consumed (never logged here)."""
+        with _callLock:
+            _pending.discard(self)
+        if not self._done.is_set():
+            if isinstance(result, Failure):
+                result.cleanFailure()  # no frames kept alive
+                self._failure = result
+            else:
+                self._value = result
+            self._done.set()
+        return None
+
+    def cancel(self):
+        """Any thread: give up on the call (a deadline passed); its failure is expected."""
+        self._cancelled = True
+        if threadable.isInIOThread():
+            self._cancelInReactor()
+        else:
+            _reactor().callFromThread(self._cancelInReactor)
+
+    def _cancelInReactor(self):
+        if self._deferred is not None and not self._deferred.called:
+            self._deferred.cancel()
+
+    def stopped(self):
+        """Whether the reactor stopped before the call was answered."""
+        return self._failure is not None and self._failure.check(_ReactorGone) is not None
+
+    def outcome(self):
+        """The value, or raise the failure (the call must be done)."""
+        self._retrieved = True
+        if self._failure is not None:
+            self._failure.raiseException()
+        return self._value
+
+    def __del__(self):
+        failure = self._failure
+        if failure is None or self._retrieved or self._cancelled or self.stopped():
+            return
+        try:
+            log.info("{what} failed, and nobody waited for it: {why}",
+                     what=self.what, why=failure.getErrorMessage())
+        except Exception:  # interpreter shutdown: nothing sensible left to do
+            pass
+
+
+def _setup():
+    """Start crochet's reactor thread (once) and hook its shutdown."""
+    global _setupDone
     crochet.setup()
-    return _inReactor(fn, *args, **kwargs)
+    with _callLock:
+        if _setupDone:
+            return
+        _setupDone = True
+    # Registered after crochet's own hook, so it runs first (they run in
+    # reverse order): the flag is set before the reactor is told to stop.
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        try:
+            register(_markExiting)
+        except RuntimeError:  # already shutting down
+            _markExiting()
+    _reactor().callFromThread(_addTriggers)
+
+
+def _markExiting():
+    global _exiting
+    _exiting = True
+
+
+def _addTriggers():
+    # In this order: pending calls learn that the reactor is stopping before
+    # the clients are stopped (which would fail them with other errors).
+    reactor = _reactor()
+    reactor.addSystemEventTrigger("before", "shutdown", _releasePending)
+    reactor.addSystemEventTrigger("before", "shutdown", _stopClients)
+
+
+def _releasePending():
+    """Reactor thread, at shutdown: answer every pending call with _ReactorGone."""
+    global _reactorGone
+    with _callLock:
+        _reactorGone = True
+        calls = list(_pending)
+        _pending.clear()
+    for call in calls:
+        call._fill(Failure(_ReactorGone("the reactor stopped")))
+
+
+def _start(what, fn, *args, **kwargs):
+    """Run ``fn`` (which may return a Deferred) in the reactor thread: a _Call."""
+    _setup()
+    call = _Call(what)
+    with _callLock:
+        gone = _reactorGone
+        if not gone:
+            _pending.add(call)
+    if gone:
+        call._fill(Failure(_ReactorGone("the reactor stopped")))
+    elif threadable.isInIOThread():
+        call._run(fn, args, kwargs)
+    else:
+        _reactor().callFromThread(call._run, fn, args, kwargs)
+    return call
 
 
 def _notInReactor(what):
@@ -109,34 +251,46 @@ def _notInReactor(what):
         )
 
 
-def _wait(eventual, deadline, what):
-    """The result of ``eventual``, waiting at most ``deadline`` + GRACE (None: for ever)."""
+def _reactorStopped(what):
+    """Raise ServiceUnavailable; in a daemon thread at interpreter exit, never return.
+
+    A daemon thread is ended by the exiting interpreter anyway; parking it
+    spares the user a traceback ("Exception in thread ...") printed at exit.
+    """
+    if _exiting and threading.current_thread().daemon:
+        threading.Event().wait()
+    raise ServiceUnavailable(f"{what}: the reactor stopped (interpreter exiting?)")
+
+
+def _wait(call, deadline, what, stoppedResult=None):
+    """The outcome of ``call``, waiting at most ``deadline`` + GRACE (None: for ever).
+
+    If the reactor stopped first: ``stoppedResult`` when given (waitFor gives
+    False), else see :func:`_reactorStopped`.
+    """
     _notInReactor(what)
     limit = None if deadline is None else deadline + GRACE
-    try:
-        return eventual.wait(limit)
-    except crochet.TimeoutError:
-        eventual.cancel()
-        raise CauldronTimeout(f"{what}: no answer within {limit:g} s") from None
-    except crochet.ReactorStopped:
-        raise ServiceUnavailable(f"{what}: the reactor stopped (interpreter exiting?)") from None
+    if not call._done.wait(limit):
+        call.cancel()  # its CancelledError is consumed: nothing is logged
+        raise CauldronTimeout(f"{what}: no answer within {limit:g} s")
+    if call.stopped():
+        if stoppedResult is not None:
+            return stoppedResult
+        _reactorStopped(what)
+    return call.outcome()
 
 
 def _block(deadline, what, fn, *args, **kwargs):
     """Run ``fn`` (which may return a Deferred) in the reactor and wait for it."""
     _notInReactor(what)
-    return _wait(_start(fn, *args, **kwargs), deadline, what)
+    return _wait(_start(what, fn, *args, **kwargs), deadline, what)
 
 
 def _clientFor(cfg):
     """The shared, started ClientService for ``cfg`` (reactor thread)."""
-    global _triggerAdded
     client = _clients.get(cfg)
     if client is None:
         reactor = _reactor()
-        if not _triggerAdded:
-            reactor.addSystemEventTrigger("before", "shutdown", _stopClients)
-            _triggerAdded = True
         client = ClientService(cfg, reactor=reactor, timeout=DEFAULT_TIMEOUT)
         client.startService()
         _clients[cfg] = client
@@ -295,35 +449,39 @@ class Sequence:
     """The handle of an operation started with ``wait=False``.
 
     ``wait(timeout)`` is True once it completed (re-raising its error if it
-    failed), False if ``timeout`` passed first.  The operation keeps its own
+    failed), False if ``timeout`` passed first, or if the reactor stopped
+    (interpreter exit) before it completed.  The operation keeps its own
     deadline, so ``wait(None)`` always ends.
+
+    Dropping the handle is fine (fire and forget): nothing is printed, even
+    if the operation fails; a failure nobody waited for is logged at *info*
+    level through :mod:`twisted.logger`.
     """
 
     _ids = itertools.count(1)
 
-    def __init__(self, eventual, what):
+    def __init__(self, call, what):
         self.id = next(self._ids)
         self.what = what
-        self._eventual = eventual
+        self._call = call
 
     def __repr__(self):
         return f"<ktl.Sequence {self.id}: {self.what}>"
 
     def wait(self, timeout=None):
         _notInReactor(f"waiting for {self.what}")
-        try:
-            self._eventual.wait(timeout)
-        except crochet.TimeoutError:
+        if not self._call._done.wait(timeout) or self._call.stopped():
             return False
-        except crochet.ReactorStopped:
-            raise ServiceUnavailable(f"{self.what}: the reactor stopped") from None
+        self._call.outcome()  # re-raises a failure
         return True
 
     def result(self, timeout=None):
         """The operation's result (e.g. the new ascii value of a write)."""
         if not self.wait(timeout):
+            if self._call.stopped():
+                _reactorStopped(self.what)
             raise CauldronTimeout(f"{self.what}: not complete within {timeout:g} s")
-        return self._eventual.wait(0)
+        return self._call.outcome()
 
 
 # -- keywords -------------------------------------------------------------------
@@ -400,7 +558,7 @@ class Keyword:
         """
         what = f"read {self.full_name}"
         if not wait:
-            return Sequence(_start(self._readInReactor, binary, both, timeout), what)
+            return Sequence(_start(what, self._readInReactor, binary, both, timeout), what)
         return _block(self._deadline(timeout), what, self._readInReactor, binary, both, timeout)
 
     def _readInReactor(self, binary, both, timeout):
@@ -419,7 +577,7 @@ class Keyword:
         """
         what = f"write {self.full_name}"
         if not wait:
-            return Sequence(_start(self._remote.write, value, timeout), what)
+            return Sequence(_start(what, self._remote.write, value, timeout), what)
         return _block(self._deadline(timeout), what, self._remote.write, value, timeout)
 
     # -- monitoring and callbacks
@@ -428,16 +586,21 @@ class Keyword:
         """Follow broadcasts (``start=False``: stop, without reading).
 
         ``prime`` reads the current value first, and callbacks get it even if
-        it is not new.  ``wait=False`` returns a :class:`Sequence`.
+        it is not new.  ``wait=False`` returns a :class:`Sequence` (allowed in
+        callbacks).  Priming may take up to twice the client's timeout (the
+        dispatcher's answer to the new subscription, then a read in its
+        place), so this waits that long before giving up itself.
         """
         what = f"monitor {self.full_name}"
         if not start:
             _block(self.service.timeout, what, self._stopMonitor)
             return None
-        eventual = _start(self._startMonitor, prime)
+        if wait:
+            _notInReactor(what)  # before starting anything
+        call = _start(what, self._startMonitor, prime)
         if not wait:
-            return Sequence(eventual, what)
-        _wait(eventual, self.service.timeout, what)
+            return Sequence(call, what)
+        _wait(call, 2 * self.service.timeout, what)
         return None
 
     subscribe = monitor
@@ -548,6 +711,8 @@ class Keyword:
         if not isinstance(expression, str):
             raise TypeError(f"expression must be a str or a callable, not {expression!r}")
         text = expression.strip()
+        if not text:
+            raise ValueError(f"empty expression {expression!r} for {self.full_name}")
         if text[:1] in "<>=!" or text.split(None, 1)[:1] in (["in"], ["not"]):
             text = f"${self.service.name}.{self.name} {text}"
         return _waitForExpression(text, timeout, case, self.service.config)
@@ -566,8 +731,8 @@ def _waitForExpression(text, timeout, case, config):
 
 def _waitFor(keywords, predicate, timeout, what):
     _notInReactor(what)
-    eventual = _start(_waitForInReactor, keywords, predicate, timeout)
-    return _wait(eventual, timeout, what)
+    call = _start(what, _waitForInReactor, keywords, predicate, timeout)
+    return _wait(call, timeout, what, stoppedResult=False)
 
 
 def _waitForInReactor(keywords, predicate, timeout):

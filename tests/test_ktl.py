@@ -58,6 +58,12 @@ class Hooks:
         self.countReads = 0
         self.slowWrites = []  # Deferreds of SLOW writes, released by the test
         self.slowCalled = threading.Event()
+        self.hung = []  # Deferreds of HANG reads: the dispatcher never answers them
+
+    def hangPreread(self):
+        d = defer.Deferred()
+        self.hung.append(d)
+        return d
 
     def tempPreread(self):
         self.tempReads += 1
@@ -85,6 +91,8 @@ def demoKeywords(hooks):
         keywords.Integer("RO", readonly=True, initial=1),
         keywords.Integer("WO", writeonly=True),
         keywords.Integer("SLOW", initial=0, write=hooks.slowWrite),
+        # reads hang, and a new subscription is not answered (see demo())
+        keywords.Integer("HANG", initial=0, preread=hooks.hangPreread),
     ]
 
 
@@ -105,6 +113,8 @@ def demo():
         def subscribed(topic):
             # A new TEMP subscription is answered with the current value:
             # that primes a monitor as a priming read would.
+            if topic == codec.topicFor("HANG"):
+                return  # never answered: the client falls back to a read, which hangs
             answerSubscription(topic)
             if topic == codec.topicFor("TEMP"):
                 hooks.tempPrimed.set()
@@ -116,7 +126,16 @@ def demo():
     dispatcher, (dispatch, broadcast) = start()
     yield directConfig(portOf(dispatch), portOf(broadcast)), hooks
     ktl.shutdown()
+    crochet.wait_for(WAIT)(lambda: releaseHung(hooks))()
     crochet.wait_for(WAIT)(dispatcher.stopService)()
+
+
+def releaseHung(hooks):
+    """Reactor thread: answer the HANG reads at last."""
+    while hooks.hung:
+        d = hooks.hung.pop()
+        if not d.called:
+            d.callback(None)
 
 
 @pytest.fixture
@@ -404,6 +423,60 @@ def test_callbacks_run_in_the_reactor_thread_and_may_not_block(svc):
         msg.monitor(start=False)
 
 
+def test_monitor_from_a_callback_raises_before_starting_anything(svc):
+    msg, target = svc["MSG"], svc["S5"]
+    target.monitor(start=False)
+    outcome = queue.Queue()
+
+    def callback(kw):
+        msg.callback(callback, remove=True)
+        try:
+            target.monitor()
+        except RuntimeError as e:
+            outcome.put(("raised", str(e), target["monitored"]))
+        else:
+            outcome.put(("returned", None, target["monitored"]))
+        # wait=False is allowed here, and starts the subscription
+        outcome.put(("sequence", target.monitor(wait=False), None))
+
+    msg.callback(callback)
+    msg.monitor()
+    try:
+        kind, message, monitored = outcome.get(timeout=WAIT)
+        assert (kind, monitored) == ("raised", False)
+        assert "reactor thread" in message
+        kind, sequence, _ = outcome.get(timeout=WAIT)
+        assert sequence.wait(WAIT) is True
+        assert target["monitored"] is True
+    finally:
+        msg.monitor(start=False)
+        target.monitor(start=False)
+
+
+def test_monitor_started_in_a_callback_is_not_left_running(svc):
+    target = svc["S4"]
+    target.monitor(start=False)
+    done = threading.Event()
+
+    def callback(kw):
+        svc["MSG"].callback(callback, remove=True)
+        try:
+            target.monitor()
+        except RuntimeError:
+            pass
+        done.set()
+
+    svc["MSG"].callback(callback)
+    svc["MSG"].monitor()
+    try:
+        assert done.wait(WAIT)
+        svc["TEMP"].read()  # a round trip through the reactor: anything queued has run
+        assert target["monitored"] is False
+        assert target._subscription is None
+    finally:
+        svc["MSG"].monitor(start=False)
+
+
 # -- waitFor ----------------------------------------------------------------------------
 
 
@@ -439,6 +512,15 @@ def test_wait_for_compound_and_string_operands(svc, cfg):
     assert ktl.waitFor('$demo.MODE == "on" and $demo.MODE == 1', timeout=WAIT, config=cfg)
     assert not ktl.waitFor('$demo.MODE == "on"', timeout=0.2, case=True, config=cfg)
     assert not ktl.waitFor('$demo.MODE == "OFF" or $demo.TEMP > 5', timeout=0.2, config=cfg)
+
+
+def test_an_empty_wait_for_expression_is_a_value_error(svc, cfg):
+    # "" used to become "$demo.TEMP" (a truth test) and hold at once
+    for text in ["", "   ", "\t\n"]:
+        with pytest.raises(ValueError, match="empty"):
+            svc["TEMP"].waitFor(text, timeout=WAIT)
+        with pytest.raises(ValueError, match="empty"):
+            ktl.waitFor(text, timeout=WAIT, config=cfg)
 
 
 def test_keyword_wait_for_forms(svc):
@@ -557,6 +639,129 @@ def test_interpreter_exit_is_clean_and_quick(cfg, svc):
     elapsed = time.monotonic() - started
     assert (result.returncode, result.stderr, result.stdout) == (0, "", "ok\n")
     assert elapsed < 5
+
+
+def runScript(cfg, body, timeout=30):
+    """Run ``body`` in a fresh interpreter with ``cfg`` (the demo dispatcher) as ``cfg``."""
+    z = cfg.asDict()["zmq"]
+    script = textwrap.dedent(f"""
+        import gc, sys, threading, time
+        from cauldron import config, errors, ktl
+        cfg = config.Config.fromMapping({{
+            "zmq": {{"host": "127.0.0.1", "dispatch-port": {z["dispatch-port"]},
+                     "broadcast-port": {z["broadcast-port"]}}},
+            "zmq-router": {{"enable": "no"}},
+        }})
+    """) + textwrap.dedent(body)
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                            text=True, timeout=timeout)
+    return result, time.monotonic() - started
+
+
+def test_dropped_wait_false_handles_print_nothing(cfg, svc, hooks):
+    result, elapsed = runScript(cfg, """
+        from twisted.logger import globalLogPublisher
+        unwaited = []
+        globalLogPublisher.addObserver(
+            lambda e: unwaited.append(e) if "nobody waited" in (e.get("log_format") or "")
+            else None)
+        svc = ktl.Service("demo", cfg)
+        svc["MSG"].write("fire and forget", wait=False)   # succeeds
+        svc["RO"].write(5, wait=False)                    # fails: read-only
+        svc["TEMP"].write("abc", wait=False)              # fails: bad value
+        svc["TEMP"].read(wait=False)
+        svc["FLAG"].monitor(wait=False)
+        kept = svc["WO"].read(wait=False)                 # fails, and is waited for
+        try:
+            kept.wait(5)
+        except errors.WriteOnly:
+            pass
+        del kept
+        assert svc["MSG"].read() == "fire and forget"
+        time.sleep(0.3)
+        gc.collect()
+        time.sleep(0.2)
+        print(len(unwaited), sorted(e["what"] for e in unwaited))
+    """)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == "2 ['write demo.RO', 'write demo.TEMP']\n"
+    assert elapsed < 10
+
+
+def test_a_dispatcher_that_does_not_answer_gives_typed_errors_quietly(cfg, svc, hooks):
+    # HANG: the dispatcher never answers a read, nor a new subscription.
+    result, elapsed = runScript(cfg, """
+        ktl.DEFAULT_TIMEOUT = 1.0   # the clients' request deadline
+        ktl.GRACE = 0.4             # shorter than that deadline
+        svc = ktl.Service("demo", cfg)
+        hang = svc["HANG"]
+        # Priming waits 1 s for the subscription's answer, then reads for 1 s:
+        # monitor() must outwait both (not give up at 1 + GRACE s), so the
+        # client's own error is raised.
+        started = time.monotonic()
+        try:
+            hang.monitor()
+        except errors.CauldronTimeout as e:
+            print("monitor:", "no reply from service" in str(e) or str(e),
+                  1.9 < time.monotonic() - started < 4)
+        assert not hang["monitored"]
+        # ktl's own deadline passing first: the request is cancelled, quietly.
+        ktl.GRACE = -0.2
+        try:
+            hang.read(timeout=0.3)
+        except errors.CauldronTimeout as e:
+            print("read:", "no answer within" in str(e) or str(e))
+        ktl.GRACE = 0.4
+        sequence = hang.read(wait=False)
+        print("sequence:", sequence.wait(0.05))   # not complete yet
+        del sequence
+        time.sleep(1.3)   # every client deadline passes
+        gc.collect()
+        time.sleep(0.1)
+    """)
+    try:
+        assert (result.returncode, result.stderr) == (0, "")
+        assert result.stdout == "monitor: True True\nread: True\nsequence: False\n"
+        assert elapsed < 15
+    finally:
+        crochet.wait_for(WAIT)(lambda: releaseHung(hooks))()
+
+
+def test_blocked_calls_at_interpreter_exit_print_no_traceback(cfg, svc, hooks):
+    result, elapsed = runScript(cfg, """
+        svc = ktl.Service("demo", cfg)
+        svc["TEMP"].write(3)
+
+        def report(what, fn):
+            try:
+                print(what, fn(), flush=True)
+            except Exception as e:
+                print(what, type(e).__name__, flush=True)
+
+        # a non-daemon thread outlives the main thread: it sees False
+        worker = threading.Thread(target=report, args=(
+            "waitFor", lambda: ktl.waitFor("$demo.TEMP < -1e9", config=cfg)))
+        worker.start()
+        # daemon threads blocked at exit: nothing may be printed on stderr
+        for target in [
+            lambda: ktl.waitFor("$demo.TEMP < -1e9", config=cfg),
+            lambda: svc["TEMP"].wait(operator="<", value=-1e9),
+            lambda: svc["HANG"].read(timeout=60),
+            lambda: svc["HANG"].read(wait=False).result(60),
+            lambda: svc["HANG"].read(wait=False).wait(60),
+            lambda: svc["HANG"].monitor(),
+        ]:
+            threading.Thread(target=target, daemon=True).start()
+        time.sleep(0.5)
+        print("main ends", flush=True)
+    """)
+    try:
+        assert (result.returncode, result.stderr) == (0, "")
+        assert result.stdout == "main ends\nwaitFor False\n"
+        assert elapsed < 10
+    finally:
+        crochet.wait_for(WAIT)(lambda: releaseHung(hooks))()
 
 
 # -- the parent process: run the tests above in a child, one proxy per test ------------------
