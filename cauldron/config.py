@@ -280,10 +280,13 @@ def _validate(raw, source):
                     "%s: [%s] %s = %r: %s" % (source, section, key, text, e)
                 ) from None
     r = values["zmq-router"]
-    if r["first-port"] >= r["last-port"]:
+    if r["first-port"] + 2 > r["last-port"]:
+        # Leases come from [first-port, last-port) in pairs (p, p + 1): the
+        # range must hold at least one pair.
         raise ConfigError(
-            "%s: [zmq-router] first-port = %r: must be below last-port = %r"
-            % (source, r["first-port"], r["last-port"])
+            "%s: [zmq-router] last-port = %r: must be at least first-port + 2 = %r "
+            "(last-port is exclusive; leases are port pairs from [first-port, last-port))"
+            % (source, raw["zmq-router"]["last-port"], r["first-port"] + 2)
         )
     return types.MappingProxyType(
         {s: types.MappingProxyType(k) for s, k in values.items()}

@@ -198,10 +198,24 @@ def test_routerPortZero():
     assert c.routerAddress() == "tcp://localhost:0"
 
 
-@pytest.mark.parametrize("first, last", [(6700, 6600), (6600, 6600)])
+@pytest.mark.parametrize("first, last", [(6700, 6600), (6600, 6600), (6600, 6601)])
 def test_firstBelowLast(first, last):
     with pytest.raises(ConfigError, match="first-port"):
         Config.fromMapping({"zmq-router": {"first-port": first, "last-port": last}})
+
+
+def test_lastPortIsExclusiveAndRoomForOnePairIsNeeded(tmp_path):
+    # Leases are pairs (p, p + 1) from [first-port, last-port): 6600..6602
+    # holds exactly one pair; 6600..6601 holds none.
+    c = Config.fromMapping({"zmq-router": {"first-port": 6600, "last-port": 6602}})
+    assert (c.get("zmq-router", "first-port"), c.get("zmq-router", "last-port")) == (6600, 6602)
+    path = tmp_path / "narrow.ini"
+    path.write_text("[zmq-router]\nfirst-port = 6600\nlast-port = 6601\n")
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: [zmq-router] last-port = '6601': ")
+    assert "first-port + 2 = 6602" in message and "exclusive" in message
 
 
 @pytest.mark.parametrize(
