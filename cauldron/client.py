@@ -13,7 +13,7 @@ disconnected; when it is heard again its monitors are primed again.
 """
 
 import math
-from collections import namedtuple
+from collections import deque, namedtuple
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -33,13 +33,17 @@ from cauldron.errors import (
 from cauldron.protocol import codec
 from cauldron.protocol.messages import (
     Describe,
+    Description,
     Heartbeat,
+    ListKeywords,
     Read,
     Update,
     Write,
     checkValue,
 )
 from cauldron.requests import RequestChannel
+from cauldron.routerlink import WILDCARD_HOSTS
+from cauldron.serving import RateLimitedCounter
 from cauldron.transport import Transport, bindAddress
 
 __all__ = ["ClientService", "RemoteService", "RemoteKeyword", "KeywordValue", "Subscription"]
@@ -49,6 +53,8 @@ log = Logger()
 #: missed heartbeats after which a dispatcher is reported disconnected
 LIVENESS = 3
 DEFAULT_HEARTBEAT = 1.0
+#: keywords per describe request when a service is too large for one answer
+DESCRIBE_CHUNK = 16
 #: the liveness check never runs more often than this (a hostile interval of 0)
 MIN_CHECK_PERIOD = 0.01
 
@@ -122,6 +128,8 @@ class ClientService(service.Service):
         if self._locator is not None:
             return self._locator.locate(name)
         protocol, host = self.config.get("zmq", "protocol"), self.config.get("zmq", "host")
+        if host in WILDCARD_HOSTS:
+            host = "localhost"  # a dispatcher bound on every interface answers here too
         return defer.succeed((
             bindAddress(protocol, host, self.config.get("zmq", "dispatch-port")),
             bindAddress(protocol, host, self.config.get("zmq", "broadcast-port")),
@@ -182,7 +190,9 @@ class RemoteService:
         self._client = client
         self._reactor = client.reactor
         self._keywords = {}
-        self._staleEpochs = set()
+        self._staleEpochs = deque(maxlen=16)  # recent runs whose late messages we drop
+        self._lastBeat = None
+        self.malformed = RateLimitedCounter(f"malformed broadcasts from {name}", client.reactor)
         self._stateCallbacks = []
         self._lastHeard = self._reactor.seconds()
         self._closed = False
@@ -203,9 +213,24 @@ class RemoteService:
 
     def load(self):
         """Describe every keyword; fires with self once known."""
-        d = self.request(lambda i: Describe(i, None), "describe")
+        d = self.request(lambda i: Describe(i, None, self.name), "describe")
+        d.addErrback(self._describeInParts)
         d.addCallback(self._described)
         return d
+
+    @defer.inlineCallbacks
+    def _describeInParts(self, failure):
+        """A service too large to describe in one message is described in parts."""
+        failure.trap(BadValue)
+        listing = yield self.request(lambda i: ListKeywords(i, self.name), "list")
+        if not listing.names:
+            return failure
+        keywords = []
+        for start in range(0, len(listing.names), DESCRIBE_CHUNK):
+            names = listing.names[start:start + DESCRIBE_CHUNK]
+            part = yield self.request(lambda i, n=names: Describe(i, n, self.name), "describe")
+            keywords.extend(part.keywords)
+        return Description(part.id, part.service, part.epoch, keywords, part.heartbeat)
 
     def _described(self, description):
         if description.service != self.name:
@@ -214,6 +239,7 @@ class RemoteService:
                 f"(the dispatcher there serves {description.service!r})"
             )
         self._noteEpoch(description.epoch)
+        self._setHeartbeatInterval(description.heartbeat)
         for info in description.keywords:
             keyword = RemoteKeyword(self, info)
             self._keywords[keyword.name] = keyword
@@ -229,7 +255,7 @@ class RemoteService:
         if self._watchdog.running:
             self._watchdog.stop()
         for keyword in self._keywords.values():
-            keyword._cancelActivation()
+            keyword._close()
         self._channel.close()
         self._transport.close(self._subscriber)
 
@@ -256,7 +282,7 @@ class RemoteService:
     def describe(self, names=None):
         """Fresh metadata and values: a Deferred firing with a list of dicts."""
         names = None if names is None else [self[n].name for n in names]
-        d = self.request(lambda i: Describe(i, names), "describe")
+        d = self.request(lambda i: Describe(i, names, self.name), "describe")
         d.addCallback(lambda description: description.keywords)
         return d
 
@@ -268,8 +294,8 @@ class RemoteService:
             return defer.fail(ServiceUnavailable(f"service {self.name!r}: connection closed"))
         try:
             return self._channel.request(makeMessage, f"{self.name}: {what}", timeout)
-        except CauldronError as e:
-            return defer.fail(e)
+        except Exception:
+            return defer.fail()
 
     def addStateCallback(self, callback):
         """Call ``callback(remoteService)`` whenever :attr:`connected` changes."""
@@ -282,8 +308,8 @@ class RemoteService:
     def _received(self, frames):
         try:
             message = codec.decodeBroadcast(frames)
-        except ProtocolError:
-            self._channel.malformed += 1
+        except ProtocolError as e:
+            self.malformed(str(e))
             return
         if message.service != self.name or message.epoch in self._staleEpochs:
             return
@@ -291,7 +317,7 @@ class RemoteService:
         self._heard()  # any broadcast shows the dispatcher is alive
         if isinstance(message, Heartbeat):
             self._setHeartbeatInterval(message.interval)
-            self._checkSequences(message.sequences)
+            self._checkBeat(message)
         elif isinstance(message, Update):
             keyword = self._keywords.get(message.keyword)
             if keyword is not None:
@@ -305,8 +331,9 @@ class RemoteService:
             return
         restarted = self.epoch is not None
         if restarted:
-            self._staleEpochs.add(self.epoch)
+            self._staleEpochs.append(self.epoch)
         self.epoch = epoch
+        self._lastBeat = None
         if restarted:
             log.info("service {name} restarted (epoch {epoch})", name=self.name, epoch=epoch)
             self._reprime()
@@ -329,17 +356,26 @@ class RemoteService:
                 self._reprime()
 
     def _checkLiveness(self):
-        silence = self._reactor.seconds() - self._lastHeard
         if not self.connected:
             self._relocate()
-        elif silence > LIVENESS * self.heartbeatInterval:
+            return
+        if self._silent():
+            # Heartbeats may wait unread because this process was busy: read
+            # them before calling the dispatcher dead.
+            self._subscriber.doRead()
+            if not self._silent():
+                return
             log.warn("service {name} missed {n} heartbeats: disconnected",
                      name=self.name, n=LIVENESS)
             self._setConnected(False)
             self._channel.failAll(ServiceUnavailable(
-                f"service {self.name!r} at {self.dispatchAddress} stopped answering"
+                f"service {self.name!r} at {self.dispatchAddress} stopped answering; "
+                "the outcome of requests in flight is unknown"
             ))
             self._channel.reset()
+
+    def _silent(self):
+        return self._reactor.seconds() - self._lastHeard > LIVENESS * self.heartbeatInterval
 
     def _relocate(self):
         """While disconnected, ask the router whether the service moved."""
@@ -349,7 +385,9 @@ class RemoteService:
         self._relocating = True
         d = locator.locate(self.name)
         d.addCallback(self._moveTo)
-        d.addErrback(lambda f: None)  # not registered again yet: ask next time
+        # Not registered again yet, or no router: ask again next time.
+        d.addErrback(lambda f: f.trap(CauldronError, defer.CancelledError) and None)
+        d.addErrback(lambda f: log.failure("relocating {name} failed", f, name=self.name))
 
         def done(_):
             self._relocating = False
@@ -387,8 +425,14 @@ class RemoteService:
             if keyword.monitored:
                 keyword._refresh()
 
-    def _checkSequences(self, sequences):
-        for name, sequence in sequences.items():
+    def _checkBeat(self, beat):
+        """Re-read monitored keywords whose latest change we may have missed."""
+        missedBeat = self._lastBeat is not None and beat.count > self._lastBeat + 1
+        self._lastBeat = beat.count
+        if missedBeat:
+            self._reprime()  # the lost heartbeat may have named changes we lost too
+            return
+        for name, sequence in beat.sequences.items():
             keyword = self._keywords.get(name)
             if keyword is not None and keyword.monitored and keyword.isBehind(sequence):
                 keyword._refresh()
@@ -414,6 +458,8 @@ class RemoteKeyword:
         self._subscribed = False
         self._active = False
         self._activation = []
+        self._refreshing = None  # the re-read in flight, if any
+        self._refreshAgain = False
         if info.get("sequence"):
             self._accept(KeywordValue(
                 self.name, info.get("binary"), info.get("ascii", ""),
@@ -431,14 +477,17 @@ class RemoteKeyword:
 
     def read(self, binary=False, both=False, timeout=None):
         """A Deferred with the current value: ascii, binary, or ``(binary, ascii)``."""
-        d = self.service.request(lambda i: Read(i, self.name), f"read {self.name}", timeout)
+        d = self._request(lambda i: Read(i, self.name, self.service.name), "read", timeout)
         d.addCallback(self._repliedSelect, binary, both)
         return d
 
     def _read(self, timeout=None):
-        d = self.service.request(lambda i: Read(i, self.name), f"read {self.name}", timeout)
+        d = self._request(lambda i: Read(i, self.name, self.service.name), "read", timeout)
         d.addCallback(self._replied)
         return d
+
+    def _request(self, makeMessage, verb, timeout):
+        return self.service.request(makeMessage, f"{verb} {self.name}", timeout)
 
     def _repliedSelect(self, reply, binary, both):
         return _select(self._replied(reply), binary, both)
@@ -455,8 +504,8 @@ class RemoteKeyword:
             checkValue(value)
         except ValueError:
             return defer.fail(BadValue(f"{self.name}: cannot send {value!r}"))
-        d = self.service.request(
-            lambda i: Write(i, self.name, value), f"write {self.name}", timeout
+        d = self._request(
+            lambda i: Write(i, self.name, value, self.service.name), "write", timeout
         )
         d.addCallback(self._replied)
         d.addCallback(lambda kv: kv.ascii)
@@ -534,15 +583,44 @@ class RemoteKeyword:
         self._dropActivation(d)
         self._read().chainDeferred(d)
 
-    def _cancelActivation(self):
-        for d, _ in list(self._activation):
-            d.cancel()
+    def _cancelActivation(self, error=None):
+        """Give up waiting for the subscription: cancel, or fail with ``error``."""
+        waiters, self._activation = self._activation, []
+        for d, timer in waiters:
+            if timer.active():
+                timer.cancel()
+            if error is None:
+                d.cancel()
+            else:
+                d.errback(error)
 
     def _refresh(self):
-        """Re-read after a gap, a restart or a reconnection (errors are only logged)."""
-        d = self._read()
+        """Re-read after a gap, a restart or a reconnection (errors are only logged).
+
+        At most one re-read is in flight: a lossy link must not add load just
+        when the dispatcher is busiest.  A request for another while one runs
+        makes one more run after it, so the newest value is always fetched.
+        """
+        if self._refreshing is not None:
+            self._refreshAgain = True
+            return
+        self._refreshAgain = False
+        self._refreshing = d = self._read()
         d.addErrback(lambda f: log.info("re-reading {kw} failed: {why}", kw=self,
                                         why=f.getErrorMessage()))
+        d.addBoth(self._refreshed)
+
+    def _refreshed(self, _):
+        self._refreshing = None
+        if self._refreshAgain and self.monitored and not self.service._closed:
+            self._refresh()
+
+    def _close(self):
+        """The service was closed: end monitors, telling waiters why."""
+        error = ServiceUnavailable(f"service {self.service.name!r}: the client stopped")
+        self._cancelActivation(error)  # unprimed monitors fail with it
+        for subscription in list(self._subscriptions):
+            subscription._end(error)
 
     # -- monitoring
 
@@ -551,6 +629,9 @@ class RemoteKeyword:
 
         Fires with a :class:`Subscription` (``.stop()`` ends it) once primed.
         """
+        if self.service._closed:
+            return defer.fail(ServiceUnavailable(
+                f"service {self.service.name!r}: connection closed"))
         subscription = Subscription(self, callback, prime)
         self._subscriptions.append(subscription)
         if not self._subscribed:
@@ -592,8 +673,10 @@ class RemoteKeyword:
         result = defer.Deferred(canceller=lambda d: release())
 
         def finish(outcome):
-            if result.called:
+            if holder.get("done") or result.called:
                 return
+            # Releasing may cancel the priming, which calls finish again: ignored.
+            holder["done"] = True
             release()
             if isinstance(outcome, Exception):
                 result.errback(outcome)
@@ -613,6 +696,7 @@ class RemoteKeyword:
 
         def subscribed(subscription):
             holder["subscription"] = subscription
+            subscription.onEnd = finish
             if result.called:
                 subscription.stop()
 
@@ -627,6 +711,8 @@ class Subscription:
         self.keyword = keyword
         self.callback = callback
         self.active = True
+        #: called with an exception if the subscription ends without stop()
+        self.onEnd = None
         self._priming = prime
         self._buffer = []
         self._last = None
@@ -636,6 +722,11 @@ class Subscription:
         if self.active:
             self.active = False
             self.keyword._unsubscribe(self)
+
+    def _end(self, error):
+        self.stop()
+        if self.onEnd is not None:
+            self.onEnd(error)
 
     def _offer(self, value):
         if not self.active:

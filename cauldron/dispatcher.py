@@ -26,7 +26,9 @@ from cauldron.errors import (
     HookError,
     ProtocolError,
     ReadOnly,
+    ServiceUnavailable,
     UnknownKeyword,
+    UnknownService,
     WriteOnly,
 )
 from cauldron.protocol import codec
@@ -51,12 +53,28 @@ __all__ = ["DispatcherService", "describeWithValue"]
 
 log = Logger()
 
+#: writes one keyword may have waiting behind a slow one before we refuse more
+MAX_QUEUED_WRITES = 100
+#: seconds between two answers to subscriptions of one keyword (floods coalesce)
+WELCOME_INTERVAL = 0.01
+
+
+def readable(keyword):
+    """``(binary, ascii)`` as clients may see it: nothing for a write-only keyword."""
+    if keyword.writeonly:
+        return None, ""
+    return keyword.value, keyword.ascii
+
+
 def describeWithValue(keyword):
     """A keyword's metadata plus its current value, as sent by ``describe``."""
     info = keyword.describe()
+    binary, ascii = readable(keyword)
+    if keyword.writeonly:
+        info["initial"] = None  # as secret as the value itself
     info.update(
-        binary=keyword.value,
-        ascii=keyword.ascii,
+        binary=binary,
+        ascii=ascii,
         sequence=keyword.sequence,
         timestamp=keyword.timestamp,
     )
@@ -91,6 +109,10 @@ class DispatcherService(service.Service):
         self._keywords = {}
         self._periods = {}
         self._writeQueues = {}
+        self._periodicReads = set()
+        self._welcomes = {}
+        self._lastWelcome = {}
+        self._beats = 0
         self._changed = {}
         self._transport = None
         self._router = None
@@ -148,12 +170,21 @@ class DispatcherService(service.Service):
             loop.start(seconds, now=True)
 
     def _periodicRead(self, keyword):
-        d = self._readPath(keyword)
-        d.addErrback(
-            lambda f: log.failure("periodic read of {kw} failed", f, kw=keyword.name)
-        )
         # Never hand a Deferred back to LoopingCall: a slow read must not stop
-        # the loop, and a failed one must not end it.
+        # the loop, and a failed one must not end it.  A read still running
+        # (slow hardware) makes us skip this tick rather than pile up.
+        if keyword.name in self._periodicReads:
+            return
+        d = self._readPath(keyword)
+        if d.called:
+            d.addErrback(self._periodicReadFailed, keyword)
+            return
+        self._periodicReads.add(keyword.name)
+        d.addErrback(self._periodicReadFailed, keyword)
+        d.addBoth(lambda _: self._periodicReads.discard(keyword.name))
+
+    def _periodicReadFailed(self, failure, keyword):
+        log.failure("periodic read of {kw} failed", failure, kw=keyword.name)
 
     # -- lifecycle
 
@@ -228,6 +259,7 @@ class DispatcherService(service.Service):
 
     def _started(self, addresses):
         if not self.running:
+            self._setReady(ServiceUnavailable(f"dispatcher {self.name} stopped while starting"))
             return
         self._heartbeat = task.LoopingCall(self._beat)
         self._heartbeat.clock = self.reactor
@@ -243,6 +275,10 @@ class DispatcherService(service.Service):
         self._setReady(addresses)
 
     def _failedToStart(self, failure):
+        if not self.running:
+            # Stopped while still starting (e.g. waiting for a lease): not an error.
+            self._setReady(ServiceUnavailable(f"dispatcher {self.name} stopped while starting"))
+            return
         log.error("dispatcher {name} could not start: {why}", name=self.name,
                   why=failure.getErrorMessage())
         self._setReady(failure.value)
@@ -255,19 +291,20 @@ class DispatcherService(service.Service):
         if self._heartbeat is not None and self._heartbeat.running:
             self._heartbeat.stop()
         self._heartbeat = None
+        for welcome in self._welcomes.values():
+            welcome.cancel()
+        self._welcomes.clear()
+        # What this run opened is closed even if the service starts again
+        # before the router answered our release.
+        transport, self._transport = self._transport, None
+        self._publisher = self._routerSocket = None
         d = defer.succeed(None)
         if self._router is not None:
             d = self._router.stop()
             self._router = None
-        d.addBoth(self._closeTransport)
-        return d
-
-    def _closeTransport(self, _):
-        if self._transport is not None:
-            self._transport.shutdown()
-            self._transport = None
-        self._publisher = self._routerSocket = None
+        d.addBoth(lambda _: transport is not None and transport.shutdown())
         self.dispatchAddress = self.broadcastAddress = None
+        return d
 
     # -- broadcasting
 
@@ -276,26 +313,50 @@ class DispatcherService(service.Service):
         self._send(keyword)
 
     def _send(self, keyword):
-        if self._publisher is None:
+        if self._publisher is None or keyword.writeonly:
             return
         update = Update(
             self.name, keyword.name, keyword.value, keyword.ascii,
             keyword.sequence, keyword.timestamp, self.epoch,
         )
-        self._publisher.send(codec.encodeBroadcast(update))
+        frames, problem = _encoded(codec.encodeBroadcast, update)
+        if frames is None:
+            log.error("{kw}: cannot broadcast: {problem}", kw=keyword.name, problem=problem)
+            return
+        self._publisher.send(frames)
 
     def _subscribed(self, topic):
-        """A subscriber's subscription is live: send it the keyword's current value."""
+        """A subscriber's subscription is live: send it the keyword's current value.
+
+        Answers to a flood of subscriptions to one keyword are coalesced:
+        at most one every WELCOME_INTERVAL, reaching every subscriber.
+        """
         name = codec.keywordOfTopic(topic)
         keyword = self._keywords.get(name) if name else None
-        if keyword is not None and not keyword.writeonly:
-            self._send(keyword)
+        if keyword is None or keyword.writeonly or name in self._welcomes:
+            return
+        now = self.reactor.seconds()
+        delay = self._lastWelcome.get(name, now - WELCOME_INTERVAL) + WELCOME_INTERVAL - now
+        if delay <= 0:
+            self._welcome(keyword, now)
+        else:
+            self._welcomes[name] = self.reactor.callLater(delay, self._welcomeLater, keyword)
+
+    def _welcomeLater(self, keyword):
+        del self._welcomes[keyword.name]
+        self._welcome(keyword, self.reactor.seconds())
+
+    def _welcome(self, keyword, now):
+        self._lastWelcome[keyword.name] = now
+        self._send(keyword)
 
     def _beat(self):
         changed, self._changed = self._changed, {}
+        self._beats += 1
         if self._publisher is not None:
             beat = Heartbeat(
-                self.name, self.epoch, time.time(), self.heartbeatInterval, changed
+                self.name, self.epoch, time.time(), self.heartbeatInterval, changed,
+                self._beats,
             )
             self._publisher.send(codec.encodeBroadcast(beat))
         if self._router is not None:
@@ -339,17 +400,26 @@ class DispatcherService(service.Service):
         router = self._routerSocket
         if router is None or router.closed:
             return
-        if not router.sendTo(identity, codec.encode(message)):
+        frames, problem = _encoded(codec.encode, message)
+        if frames is None:
+            frames = codec.encode(Error(message.id, "BadValue", f"cannot answer: {problem}"))
+        if not router.sendTo(identity, frames):
             log.debug("reply to a departed client dropped: {m}", m=message)
 
     def _valueReply(self, requestId, keyword):
+        binary, ascii = readable(keyword)
         return Value(
-            requestId, keyword.name, keyword.value, keyword.ascii,
-            keyword.sequence, keyword.timestamp, self.epoch,
+            requestId, keyword.name, binary, ascii, keyword.sequence, keyword.timestamp,
+            self.epoch,
         )
 
+    def _keyword(self, request):
+        """The keyword a request names, checking it was meant for this service."""
+        self._checkService(request)
+        return self[request.keyword]
+
     def _handleRead(self, request):
-        keyword = self[request.keyword]
+        keyword = self._keyword(request)
         if keyword.writeonly:
             raise WriteOnly(f"{self.name}.{keyword.name} is write-only")
         done = _runHooks(keyword, READ_PATH)
@@ -358,7 +428,7 @@ class DispatcherService(service.Service):
         return self._valueReply(request.id, keyword)
 
     def _handleWrite(self, request):
-        keyword = self[request.keyword]
+        keyword = self._keyword(request)
         if keyword.readonly:
             raise ReadOnly(f"{self.name}.{keyword.name} is read-only")
         binary = keyword.toBinary(request.value)
@@ -371,15 +441,28 @@ class DispatcherService(service.Service):
             queue = self._writeQueues[keyword.name] = deque()
             finished = defer.Deferred()
             queue.append((binary, finished))
-            done.addBoth(self._writeFinished, keyword, queue).chainDeferred(finished)
+            done.addBoth(self._writeFinished, keyword, queue)
         else:
+            if len(queue) > MAX_QUEUED_WRITES:
+                raise ServiceUnavailable(
+                    f"{self.name}.{keyword.name}: {len(queue) - 1} writes already wait "
+                    "for a slow write to finish"
+                )
             finished = defer.Deferred()
             queue.append((binary, finished))
         return finished.addCallback(lambda _: self._valueReply(request.id, keyword))
 
     def _writeFinished(self, result, keyword, queue):
-        """The oldest queued write ended: run the next ones (until one is slow)."""
-        queue.popleft()
+        """The oldest queued write ended: answer it, then run the next ones.
+
+        Answering first keeps replies in arrival order, each with the value
+        its own write left.
+        """
+        _, finished = queue.popleft()
+        if isinstance(result, Failure):
+            finished.errback(result)
+        else:
+            finished.callback(None)
         while queue:
             binary, finished = queue[0]
             try:
@@ -389,20 +472,32 @@ class DispatcherService(service.Service):
                 finished.errback(e)
                 continue
             if isinstance(done, defer.Deferred):
-                done.addBoth(self._writeFinished, keyword, queue).chainDeferred(finished)
-                return result
+                done.addBoth(self._writeFinished, keyword, queue)
+                return None
             queue.popleft()
             finished.callback(None)
         del self._writeQueues[keyword.name]
-        return result
+        return None
 
     def _handleDescribe(self, request):
-        names = self.keywords() if request.keywords is None else request.keywords
-        keywords = [describeWithValue(self[name]) for name in names]
-        return Description(request.id, self.name, self.epoch, keywords)
+        self._checkService(request)
+        if request.keywords is None:
+            names = self.keywords()
+        else:
+            names = list(dict.fromkeys(self[name].name for name in request.keywords))
+        keywords = [describeWithValue(self._keywords[name]) for name in names]
+        return Description(request.id, self.name, self.epoch, keywords, self.heartbeatInterval)
 
     def _handleList(self, request):
+        self._checkService(request)
         return KeywordList(request.id, self.name, self.keywords())
+
+    def _checkService(self, request):
+        if request.service and request.service.lower() != self.name:
+            raise UnknownService(
+                f"the dispatcher at {self.dispatchAddress} serves {self.name!r}, "
+                f"not {request.service!r}"
+            )
 
     def _handlePing(self, request):
         return Pong(request.id, self.name, self.epoch)
@@ -470,3 +565,14 @@ def _typedError(error, keyword, name):
         return BadValue(f"{keyword.name}: {error}")
     log.failure("{kw}: {hook} hook failed", Failure(error), kw=keyword.name, hook=name)
     return HookError(f"{keyword.name}: {name} failed: {type(error).__name__}: {error}")
+
+
+def _encoded(encode, message):
+    """``(frames, None)``, or ``(None, why)`` if the message cannot go on the wire."""
+    try:
+        frames = encode(message)
+    except (ValueError, TypeError, OverflowError) as e:
+        return None, f"the value cannot be encoded ({e})"
+    if len(frames[-1]) > codec.MAX_MESSAGE_SIZE:
+        return None, f"the answer exceeds {codec.MAX_MESSAGE_SIZE} bytes"
+    return frames, None

@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from cauldron.errors import (
+    BadValue,
     CauldronTimeout,
     ProtocolError,
     ServiceUnavailable,
@@ -80,7 +81,11 @@ class RequestChannel:
         if len(self._pending) >= MAX_PENDING:
             raise ServiceUnavailable(f"{what}: {MAX_PENDING} requests already wait for {self.peer}")
         requestId = next(self._ids)
-        frames = codec.encode(makeMessage(requestId))
+        try:
+            frames = codec.encode(makeMessage(requestId))
+        except (ValueError, TypeError, OverflowError) as e:
+            # e.g. an int beyond 64 bits or text that is not valid Unicode
+            raise BadValue(f"{what}: cannot send that value: {e}") from None
         try:
             self._dealer.send(frames)
         except QueueFull:
@@ -121,12 +126,12 @@ class RequestChannel:
                 expired.append(entry)
         if self._deadlines:
             self._scheduleExpiry(self._deadlines[0][0])
+        for d, _, what, timeout in expired:
+            d.errback(self._onTimeout(what, timeout))
         if expired and not self._pending:
             # Nothing else is in flight: drop what ZeroMQ still queues for a
             # peer that may be gone, so it is not delivered when it returns.
             self.reset()
-        for d, _, what, timeout in expired:
-            d.errback(self._onTimeout(what, timeout))
 
     def _forget(self, requestId):
         self._pending.pop(requestId, None)
@@ -157,7 +162,7 @@ class RequestChannel:
 
     def reset(self):
         """Reopen the socket, discarding requests ZeroMQ still queues."""
-        if self._dealer is not None:
+        if self._dealer is not None and not self._transport.closed:
             self._transport.close(self._dealer, discard=True)
             self._connect()
 

@@ -24,9 +24,9 @@ class AddressTests(unittest.TestCase):
         self.assertEqual(bindAddress("tcp", "127.0.0.1", 0), "tcp://127.0.0.1:*")
 
     def test_bindAddressIpc(self):
-        """An ipc address puts the port in the path, with a wildcard for port 0."""
+        """An ipc address puts the port in the path; port 0 is libzmq's ipc wildcard."""
         self.assertEqual(bindAddress("ipc", "/tmp/cld", 6511), "ipc:///tmp/cld-6511")
-        self.assertEqual(bindAddress("ipc", "/tmp/cld", 0), "ipc:///tmp/cld-*")
+        self.assertEqual(bindAddress("ipc", "/tmp/cld", 0), "ipc://*")  # libzmq picks a path
 
     def test_portOf(self):
         """portOf reads the port of a tcp address and gives 0 for other transports."""

@@ -57,10 +57,16 @@ class _Message(msgspec.Struct, frozen=True, array_like=True, tag_field="op"):
 
 
 class Read(_Message, tag="read"):
-    """Run the keyword's read path and answer its current value."""
+    """Run the keyword's read path and answer its current value.
+
+    ``service`` names the service the client means, so a dispatcher that
+    took over the address of another service answers UnknownService instead
+    of serving a request meant for someone else ("" skips the check).
+    """
 
     id: int
     keyword: str
+    service: str = ""
 
 
 class Write(_Message, tag="write"):
@@ -69,6 +75,7 @@ class Write(_Message, tag="write"):
     id: int
     keyword: str
     value: Any
+    service: str = ""
 
     def __post_init__(self):
         checkValue(self.value)
@@ -79,12 +86,14 @@ class Describe(_Message, tag="describe"):
 
     id: int
     keywords: list[str] | None = None
+    service: str = ""
 
 
 class ListKeywords(_Message, tag="list"):
     """Ask for the names of every keyword the service serves."""
 
     id: int
+    service: str = ""
 
 
 class Ping(_Message, tag="ping"):
@@ -112,12 +121,17 @@ class Value(_Message, tag="value"):
 
 
 class Description(_Message, tag="description"):
-    """Metadata of keywords: each entry is a keyword's ``describe()`` plus its value."""
+    """Metadata of keywords: each entry is a keyword's ``describe()`` plus its value.
+
+    ``heartbeat`` is the dispatcher's heartbeat interval, so a client judges
+    its liveness right from the start.
+    """
 
     id: int
     service: str
     epoch: str
     keywords: list[dict[str, Any]]
+    heartbeat: float = 1.0
 
 
 class KeywordList(_Message, tag="keywords"):
@@ -179,6 +193,8 @@ class Heartbeat(_Message, tag="heartbeat"):
     ``sequences`` holds the latest sequence of every keyword that changed since
     the previous heartbeat, so a subscriber that lost the tail of a burst (PUB
     drops the newest messages at its high-water mark) notices and re-reads.
+    ``count`` numbers the heartbeats of an epoch: a subscriber that sees one
+    missing may have missed the ``sequences`` it carried, and re-reads.
     """
 
     service: str
@@ -186,19 +202,25 @@ class Heartbeat(_Message, tag="heartbeat"):
     timestamp: float
     interval: float
     sequences: dict[str, int] = {}
+    count: int = 0
 
 
 # -- dispatcher/client -> router ------------------------------------------
 
 
 class Lease(_Message, tag="lease"):
-    """Ask the router for a port pair; ``avoid`` lists ports found taken on ``host``."""
+    """Ask the router for a port pair; ``avoid`` lists ports found taken on ``host``.
+
+    ``interval`` is the dispatcher's heartbeat interval: its lease lives for
+    three of them (at least the router's own lease lifetime).
+    """
 
     id: int
     service: str
     host: str
     instance: str
     avoid: list[int] = []
+    interval: float = 1.0
 
 
 class Register(_Message, tag="register"):
@@ -210,6 +232,7 @@ class Register(_Message, tag="register"):
     instance: str
     dispatchPort: int
     broadcastPort: int
+    interval: float = 1.0
 
 
 class Renew(_Message, tag="renew"):

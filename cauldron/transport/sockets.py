@@ -37,6 +37,7 @@ HIGH_WATER_MARK = 1000
 MAX_MESSAGE_BYTES = 1024 * 1024 + 4096
 LINGER_MS = 100
 READ_BATCH = 256
+MAX_FRAMES = 8
 SAFETY_POLL_SECONDS = 0.5
 HANDSHAKE_MS = 5000
 RECONNECT_MS = 100
@@ -68,7 +69,7 @@ class AddressInUse(Exception):
 def bindAddress(protocol, host, port):
     """A ZeroMQ address to bind; port 0 asks the OS for an ephemeral port."""
     if protocol == "ipc":
-        return f"ipc://{host}-{port}" if port else f"ipc://{host}-*"
+        return f"ipc://{host}-{port}" if port else "ipc://*"
     return f"tcp://{host}:{port or '*'}"
 
 
@@ -139,6 +140,9 @@ class _Connection(ZmqConnection):
                 frames = [socket.recv(_RECV)]
                 while socket.getsockopt(_RCVMORE):
                     frames.append(socket.recv(_RECV))
+                    if len(frames) > MAX_FRAMES:
+                        frames = self._discardRest(socket)
+                        break
             except zmq.Again:
                 return
             except zmq.ZMQError as e:
@@ -147,7 +151,16 @@ class _Connection(ZmqConnection):
             self._deliver(frames)
         self._scheduleRead()
 
+    def _discardRest(self, socket):
+        """Drop the rest of a message with too many frames (ours have at most four)."""
+        while socket.getsockopt(_RCVMORE):
+            socket.recv(_RECV)
+        self.malformed += 1
+        return None
+
     def _deliver(self, frames):
+        if frames is None:
+            return
         try:
             self._onMessage(frames)
         except Exception:
@@ -201,6 +214,8 @@ class RouterConnection(_Connection):
         socket.set(zmq.ROUTER_HANDOVER, 1)
 
     def _deliver(self, frames):
+        if frames is None:
+            return
         if len(frames) < 2:
             self.malformed += 1
             return
@@ -248,9 +263,10 @@ class PublisherConnection(_Connection):
         socket.set(zmq.XPUB_VERBOSE, 1)
 
     def _subscriptionReceived(self, frames):
-        if len(frames) == 1 and frames[0][:1] == b"\x01":
+        kind = frames[0][:1] if len(frames) == 1 else None
+        if kind == b"\x01":
             self._onSubscribe(frames[0][1:])
-        else:
+        elif kind != b"\x00":  # an unsubscription needs no answer
             self.malformed += 1
 
     def send(self, frames):
@@ -285,9 +301,12 @@ class Transport:
         self._poll = reactor.callLater(SAFETY_POLL_SECONDS, self._safetyPoll)
 
     def _safetyPoll(self):
-        for connection in list(self._factory.connections):
-            connection.doRead()
         self._poll = self.reactor.callLater(SAFETY_POLL_SECONDS, self._safetyPoll)
+        for connection in list(self._factory.connections):
+            try:
+                connection.doRead()
+            except Exception:
+                log.failure("safety poll of {conn!r} failed", conn=connection)
 
     def router(self, onMessage):
         return RouterConnection(self._factory, onMessage)
@@ -300,6 +319,11 @@ class Transport:
 
     def subscriber(self, onMessage):
         return SubscriberConnection(self._factory, onMessage)
+
+    @property
+    def closed(self):
+        """True once :meth:`shutdown` ran: no socket can be made any more."""
+        return self._factory is None
 
     def close(self, connection, discard=False):
         """Close one socket now (others stay open).
