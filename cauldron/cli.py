@@ -1,4 +1,4 @@
-"""The ``cauldron`` command: show, modify, monitor and describe keywords.
+"""The ``cauldron`` command: show, modify, monitor, describe, services, demo.
 
 ``main`` parses arguments and runs :func:`runCommand` under
 ``twisted.internet.task.react``; :func:`runCommand` (the seam tests call
@@ -6,8 +6,8 @@ in-process) takes the reactor and the parsed arguments and returns a Deferred
 firing with the exit status.
 
 Exit statuses: 0 success; 1 any cauldron error (one line on stderr, never a
-traceback); 2 bad usage (argparse's convention) or a command not available
-yet; 130 a command other than ``monitor`` interrupted by Ctrl-C.
+traceback); 2 bad usage (argparse's convention); 130 a command other than
+``monitor`` or ``demo`` interrupted by Ctrl-C.
 """
 
 import argparse
@@ -271,6 +271,8 @@ async def _monitor(reactor, args, printer):
             if args.count is not None and printed[0] >= args.count:
                 done.callback(None)
 
+        # At 3 a.m. a silent monitor must say why it is silent.
+        session.remote.addStateCallback(_reportLiveness)
         for kw in remotes:
             subscription = kw.monitor(show, prime=True)
             if isinstance(subscription, defer.Deferred):
@@ -286,6 +288,16 @@ async def _monitor(reactor, args, printer):
     return EXIT_OK
 
 
+def _reportLiveness(remote):
+    if remote.connected:
+        message = "service %r answers again" % (remote.name,)
+    else:
+        message = "service %r stopped answering (no heartbeat for %g s); waiting for it" % (
+            remote.name, 3 * remote.heartbeatInterval)
+    sys.stderr.write("cauldron: %s\n" % (message,))
+    sys.stderr.flush()
+
+
 async def _describe(reactor, args, printer):
     async with _Session(reactor, args) as session:
         names = [session.keyword(name).name for name in args.keywords] or None
@@ -298,18 +310,18 @@ async def _describe(reactor, args, printer):
 
 async def _services(reactor, args, printer):
     from cauldron.protocol.messages import ListServices
-    from cauldron.routerlink import routerChannel
+    from cauldron.routerlink import Locator
     from cauldron.transport import Transport
 
     cfg = _config.load(args.config)
     if not cfg.get("zmq-router", "enable"):
         raise CauldronError("no router to ask: [zmq-router] enable = no in %s" % (cfg.source,))
     transport = Transport(reactor)
-    channel = routerChannel(cfg, transport, timeout=args.timeout)
+    locator = Locator(cfg, transport, timeout=args.timeout)
     try:
-        reply = await channel.request(lambda i: ListServices(i), "list services")
+        reply = await locator.request(lambda i: ListServices(i), "list services")
     finally:
-        channel.close()
+        locator.close()
         transport.shutdown()
     rows = [
         (entry.service, entry.host, str(entry.dispatchPort), str(entry.broadcastPort),
@@ -510,9 +522,9 @@ def routerMain(argv=None):
     def run(reactor):
         globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)],
                                          redirectStandardIO=False)
-        router = RouterService(options.loadedConfig, reactor=reactor,
-                               verbose=options["verbose"])
         try:
+            router = RouterService(options.loadedConfig, reactor=reactor,
+                                   verbose=options["verbose"])
             router.startService()
         except Exception as e:
             sys.stderr.write("Cauldron-router-zmq: cannot start: %s\n" % (e,))

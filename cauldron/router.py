@@ -8,6 +8,7 @@ after a restart the live dispatchers register again with the ports they hold.
 """
 
 import os
+import time
 import uuid
 
 from twisted.application import service
@@ -41,7 +42,9 @@ __all__ = ["RouterService", "DEFAULT_LEASE_TTL"]
 
 log = Logger()
 
-#: seconds a lease lives without renewal: three one-second heartbeats
+#: missed heartbeats after which a lease expires
+LIVENESS = 3
+#: seconds a lease lives without renewal at least: three one-second heartbeats
 DEFAULT_LEASE_TTL = 3.0
 
 
@@ -54,13 +57,15 @@ class RouterService(service.Service):
 
     name = "cauldron-router"
 
-    def __init__(self, config=None, reactor=None, verbose=None, leaseTTL=DEFAULT_LEASE_TTL):
+    def __init__(self, config=None, reactor=None, verbose=None, leaseTTL=DEFAULT_LEASE_TTL,
+                 clock=time.monotonic):
         if reactor is None:
             from twisted.internet import reactor
         self.config = _config.load(config)
         self.reactor = reactor
         self.verbose = self.config.get("zmq-router", "verbose") if verbose is None else verbose
         self.leaseTTL = leaseTTL
+        self._clock = clock  # monotonic: a wall-clock step must not age leases
         self.epoch = f"{os.getpid():x}-{uuid.uuid4().hex[:12]}"
         self.address = None
         self.leases = LeaseTable(
@@ -104,7 +109,13 @@ class RouterService(service.Service):
             self._transport = self._socket = None
 
     def _now(self):
-        return self.reactor.seconds()
+        return self._clock()
+
+    def _ttl(self, interval):
+        """How long a lease lives: three of the dispatcher's heartbeats, at least."""
+        if not isinstance(interval, (int, float)) or not 0 < interval < 3600:
+            return None
+        return LIVENESS * interval
 
     def _say(self, level, fmt, **kw):
         """Log when ``verbose`` is at least ``level`` (1: leases, 2: requests, 3: all)."""
@@ -144,14 +155,16 @@ class RouterService(service.Service):
 
     def _handleLease(self, request):
         lease = self.leases.lease(request.service, request.host, request.instance,
-                                  self._now(), avoid=request.avoid)
+                                  self._now(), avoid=request.avoid,
+                                  ttl=self._ttl(request.interval))
         self._say(1, "leased {d}/{b} to {service} on {host}", d=lease.dispatchPort,
                   b=lease.broadcastPort, service=lease.service, host=lease.host)
         return self._leased(request.id, lease)
 
     def _handleRegister(self, request):
         lease = self.leases.register(request.service, request.host, request.instance,
-                                     request.dispatchPort, request.broadcastPort, self._now())
+                                     request.dispatchPort, request.broadcastPort, self._now(),
+                                     ttl=self._ttl(request.interval))
         self._say(1, "{service} on {host} registered ports {d}/{b}", service=lease.service,
                   host=lease.host, d=lease.dispatchPort, b=lease.broadcastPort)
         return self._leased(request.id, lease)

@@ -8,6 +8,7 @@ so.  :class:`Locator` is a client's side: where does a service live?
 """
 
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -24,14 +25,18 @@ from cauldron.errors import (
 from cauldron.protocol.messages import Lease, Locate, Register, Release, Renew
 from cauldron.requests import RequestChannel
 from cauldron.router import DEFAULT_LEASE_TTL, RouterService
-from cauldron.transport import AddressInUse, bindAddress, portOf
+from cauldron.transport import AddressInUse, bindAddress
 
-__all__ = ["RouterLink", "Locator", "routerChannel", "spawnRouterProcess"]
+__all__ = ["RouterLink", "Locator", "routerChannel", "spawnRouterProcess", "advertisedHost"]
 
 log = Logger()
 
 #: ports found taken after which a dispatcher gives up asking for more
 MAX_BIND_ATTEMPTS = 20
+#: hosts that bind every interface and so cannot be connected to as such
+WILDCARD_HOSTS = ("*", "0.0.0.0", "::", "[::]")
+#: seconds between attempts to start a router while renewals find none
+RESPAWN_INTERVAL = 5.0
 
 
 def routerChannel(config, transport, timeout=None):
@@ -49,8 +54,13 @@ def routerChannel(config, transport, timeout=None):
 
 
 def writeConfigFile(config):
-    """Write a config's values to a temporary INI file (for a spawned router)."""
-    handle, path = tempfile.mkstemp(prefix="cauldron-router-", suffix=".ini")
+    """Write a config's values to a temporary INI file (for a spawned router).
+
+    Always the values in force, never ``config.path``: a config may have been
+    changed (``replace``) since it was read from its file.
+    """
+    port = config.get("zmq-router", "port")
+    handle, path = tempfile.mkstemp(prefix=f"cauldron-router-{port}-", suffix=".ini")
     with os.fdopen(handle, "w") as f:
         for section, values in config.asDict().items():
             f.write(f"[{section}]\n")
@@ -61,14 +71,35 @@ def writeConfigFile(config):
     return path
 
 
-def spawnRouterProcess(config):
-    """Start ``Cauldron-router-zmq`` as a process that outlives this one."""
-    path = config.path or writeConfigFile(config)
-    return subprocess.Popen(
-        [sys.executable, "-c", "from cauldron.cli import routerMain; routerMain()", "-c", path],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True, close_fds=True,
-    )
+def routerLogFile(config):
+    """Where a router started as a process writes its log."""
+    port = config.get("zmq-router", "port")
+    return os.path.join(tempfile.gettempdir(), f"cauldron-router-{port}.log")
+
+
+def spawnRouterProcess(configPath):
+    """Start ``Cauldron-router-zmq -c configPath`` as a process that outlives this one.
+
+    Its output goes to :func:`routerLogFile`, so a router that failed to
+    start leaves a trace.
+    """
+    from cauldron import config as _config
+
+    logPath = routerLogFile(_config.load(configPath))
+    with open(logPath, "ab") as logFile:
+        return subprocess.Popen(
+            [sys.executable, "-c", "from cauldron.cli import routerMain; routerMain()",
+             "-c", os.path.abspath(configPath)],
+            stdin=subprocess.DEVNULL, stdout=logFile, stderr=subprocess.STDOUT,
+            start_new_session=True, close_fds=True,
+        )
+
+
+def advertisedHost(host):
+    """The name clients should connect to for a dispatcher bound on ``host``."""
+    if host in WILDCARD_HOSTS:
+        return socket.getfqdn()
+    return host
 
 
 class RouterLink:
@@ -78,12 +109,18 @@ class RouterLink:
         self.dispatcher = dispatcher
         self.config = dispatcher.config
         self.reactor = reactor
-        self.host = self.config.get("zmq", "host")
+        #: where we bind (may be a wildcard such as ``*``)
+        self.bindHost = self.config.get("zmq", "host")
+        #: what the router tells clients: a wildcard is no address to connect to
+        self.host = advertisedHost(self.bindHost)
         self.spawnedRouter = None
         self._transport = transport
         self._channel = routerChannel(self.config, transport)
         self._renewing = None
         self._routerLost = False
+        self._ports = None  # the leased (dispatch, broadcast) pair once bound
+        self._lastSpawn = -RESPAWN_INTERVAL
+        self._spawnedConfig = None  # the config file written for a spawned router
 
     @property
     def service(self):
@@ -104,14 +141,16 @@ class RouterLink:
             protocol = self.config.get("zmq", "protocol")
             try:
                 addresses = self.dispatcher.bind(
-                    bindAddress(protocol, self.host, leased.dispatchPort),
-                    bindAddress(protocol, self.host, leased.broadcastPort),
+                    bindAddress(protocol, self.bindHost, leased.dispatchPort),
+                    bindAddress(protocol, self.bindHost, leased.broadcastPort),
                 )
             except AddressInUse as e:
                 log.warn("{service}: {address} is taken on this host; asking for other ports",
                          service=self.service, address=e.address)
                 avoid.extend([leased.dispatchPort, leased.broadcastPort])
                 continue
+            self._ports = (leased.dispatchPort, leased.broadcastPort)
+            self._forgetSpawnedConfig()
             return addresses
         raise LeaseError(f"{self.service}: {MAX_BIND_ATTEMPTS} leased port pairs were all "
                          f"taken on {self.host}: {sorted(set(avoid))}")
@@ -124,14 +163,15 @@ class RouterLink:
         while True:
             try:
                 leased = yield self._channel.request(
-                    lambda i: Lease(i, self.service, self.host, self.instance, list(avoid)),
+                    lambda i: Lease(i, self.service, self.host, self.instance, list(avoid),
+                                    self.dispatcher.heartbeatInterval),
                     f"lease ports for {self.service}",
                 )
                 return leased
-            except RouterUnavailable:
+            except RouterUnavailable as e:
                 if spawned or not self.config.get("zmq-router", "allow-spawn"):
                     raise
-                self._spawnRouter()
+                self._spawnRouter(e)
                 spawned = True
             except LeaseConflict as e:
                 # A previous run of this service may still hold the lease
@@ -145,7 +185,13 @@ class RouterLink:
     def _patience(self):
         return DEFAULT_LEASE_TTL + 2 * self.dispatcher.heartbeatInterval
 
-    def _spawnRouter(self):
+    def _spawnRouter(self, unavailable):
+        """Start a router where the configuration says one should be.
+
+        Only a router on this host can be started here; when binding its
+        address fails for any reason but "in use" (another router won the
+        race), the original RouterUnavailable stands, with the reason added.
+        """
         mode = self.config.get("zmq-router", "process")
         address = self.config.routerAddress()
         if mode == "thread":
@@ -155,19 +201,34 @@ class RouterLink:
             except AddressInUse:
                 log.info("another router just bound {address}; using it", address=address)
                 return
+            except Exception as e:
+                raise RouterUnavailable(
+                    f"{unavailable}; starting one here failed: {e}"
+                ) from None
             log.info("no router answered at {address}: started one in this process",
                      address=address)
             self.spawnedRouter = router
         else:
-            process = spawnRouterProcess(self.config)
-            log.info("no router answered at {address}: started one as process {pid}",
-                     address=address, pid=process.pid)
+            self._spawnedConfig = writeConfigFile(self.config)
+            process = spawnRouterProcess(self._spawnedConfig)
+            log.info("no router answered at {address}: started one as process {pid} "
+                     "(its log: {logfile})", address=address, pid=process.pid,
+                     logfile=routerLogFile(self.config))
+
+    def _forgetSpawnedConfig(self):
+        """The spawned router answered, so it has read its config file: remove it."""
+        path, self._spawnedConfig = self._spawnedConfig, None
+        if path is not None:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
     # -- heartbeat: renew, or register again after a router restart
 
     def beat(self):
         """Renew the lease (called on every dispatcher heartbeat)."""
-        if self._renewing is not None or self.dispatcher.dispatchAddress is None:
+        if self._renewing is not None or self._ports is None:
             return
         d = self._channel.request(lambda i: Renew(i, self.service, self.instance),
                                   f"renew {self.service}")
@@ -180,12 +241,13 @@ class RouterLink:
         failure.trap(LeaseError)
         # The router does not know us (it restarted, or our lease expired
         # while we were stopped): claim the ports we hold.
-        log.info("{service}: the router forgot our lease; registering again",
-                 service=self.service)
+        if not self._routerLost:
+            log.info("{service}: the router forgot our lease; registering again",
+                     service=self.service)
         return self._channel.request(
             lambda i: Register(
-                i, self.service, self.host, self.instance,
-                portOf(self.dispatcher.dispatchAddress), portOf(self.dispatcher.broadcastAddress),
+                i, self.service, self.host, self.instance, *self._ports,
+                self.dispatcher.heartbeatInterval,
             ),
             f"register {self.service}",
         )
@@ -197,10 +259,25 @@ class RouterLink:
 
     def _routerGone(self, failure):
         failure.trap(RouterUnavailable, CauldronTimeout, LeaseError)
-        if not self._routerLost:
+        first = not self._routerLost
+        if first:
             log.warn("{service}: cannot renew the lease: {why}", service=self.service,
                      why=failure.getErrorMessage())
             self._routerLost = True
+        now = self.reactor.seconds()
+        if (
+            failure.check(RouterUnavailable)
+            and self.config.get("zmq-router", "allow-spawn")
+            and now - self._lastSpawn >= RESPAWN_INTERVAL
+        ):
+            # The router we used is gone (perhaps with the dispatcher that
+            # ran it in-thread): start another, as at startup.
+            self._lastSpawn = now
+            try:
+                self._spawnRouter(failure.value)
+            except RouterUnavailable as e:
+                if first:
+                    log.info("{service}: {why}", service=self.service, why=e)
 
     def _doneRenewing(self, _):
         self._renewing = None
@@ -222,6 +299,7 @@ class RouterLink:
 
     def _close(self, _):
         self._channel.close()
+        self._forgetSpawnedConfig()
         if self.spawnedRouter is not None:
             self.spawnedRouter.stopService()
             self.spawnedRouter = None

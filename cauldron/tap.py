@@ -51,6 +51,13 @@ class RouterOptions(usage.Options):
         usage.Options.__init__(self)
         self["verbose"] = None  # None: [zmq-router] verbose decides
 
+    def opt_version(self):
+        """Print cauldron's version and exit."""
+        from cauldron import __version__
+
+        print("cauldron %s" % (__version__,))
+        sys.exit(0)
+
     def opt_verbose(self):
         """Increase verbosity (up to three times; overrides [zmq-router] verbose)."""
         self["verbose"] = min((self["verbose"] or 0) + 1, 3)

@@ -249,7 +249,9 @@ def test_exhaustionMessageAndConsistency():
     with pytest.raises(LeaseError) as caught:
         table.lease("late", "h", "ilate", now=1.0)
     assert not isinstance(caught.value, LeaseConflict)
-    assert str(caught.value) == "no free port pair in [6600, 6700): 50 services hold leases"
+    assert str(caught.value) == (
+        "no free port pair in [6600, 6700) on host 'h': 50 services hold leases"
+    )
     assert table.leases(1.0) == before
     assert len(table) == 50
     table.release("svc07", "i7", now=1.0)
@@ -263,7 +265,7 @@ def test_exhaustionByAvoidMentionsIt():
     with pytest.raises(LeaseError) as caught:
         table.lease("a", "h", "ia", now=1.0, avoid=[6600, 6602])
     assert str(caught.value) == (
-        "no free port pair in [6600, 6604): 1 service holds a lease,"
+        "no free port pair in [6600, 6604) on host 'h': 1 service holds a lease,"
         " 2 ports in use on the host avoided"
     )
     assert table.locate("a", now=1.0).ports == (6600, 6601)
@@ -273,9 +275,9 @@ def test_exhaustionByAvoidMentionsIt():
 def test_registerAfterRouterRestart():
     """A fresh router accepts the ports dispatchers already have bound, and grants around them."""
     table = LeaseTable(6600, 6700, TTL)
-    b = table.register("B", "hostB", "ib", 6602, 6603, now=100.0)
+    b = table.register("B", "h", "ib", 6602, 6603, now=100.0)
     assert (b.service, b.ports, b.granted, b.renewed) == ("b", (6602, 6603), 100.0, 100.0)
-    assert table.register("b", "hostB", "ib", 6602, 6603, now=101.0).renewed == 101.0
+    assert table.register("b", "h", "ib", 6602, 6603, now=101.0).renewed == 101.0
     assert table.lease("a", "h", "ia", now=101.0).ports == (6600, 6601)
     assert table.lease("c", "h", "ic", now=101.0).ports == (6604, 6605)
     # The registered pair is remembered as b's previous pair.
@@ -301,16 +303,40 @@ def test_registerMisalignedBlocksNeighbours(table):
 
 
 def test_registerCollision(table):
-    """Ports held by another live service are refused with the holder named."""
+    """Ports held by another live service on the same host are refused, naming the holder."""
     table.lease("a", "hostA", "ia", now=0.0)
     with pytest.raises(LeaseConflict) as caught:
-        table.register("b", "hostB", "ib", 6601, 6650, now=1.0)
+        table.register("b", "hostA", "ib", 6601, 6650, now=1.0)
     message = str(caught.value)
     assert "port 6601 is held by service 'a' on host 'hostA'" in message
     assert "expiring in 2.0 s" in message
     assert table.locate("b", now=1.0) is None
     # Once a's lease expires, b may register those ports.
-    assert table.register("b", "hostB", "ib", 6601, 6650, now=3.0).ports == (6601, 6650)
+    assert table.register("b", "hostA", "ib", 6601, 6650, now=3.0).ports == (6601, 6650)
+
+
+def test_portsBelongToTheirHost(table):
+    """Two hosts may use the same ports: a restarted router must not refuse either."""
+    a = table.lease("a", "hostA", "ia", now=0.0)
+    b = table.lease("b", "hostB", "ib", now=0.0)
+    assert a.ports == b.ports == (6600, 6601)
+    # After a router restart the live dispatcher of hostA registers its pair
+    # although hostB's new one was granted the same numbers meanwhile.
+    fresh = LeaseTable(6600, 6700, TTL)
+    fresh.lease("new", "hostB", "in", now=5.0)
+    assert fresh.register("a", "hostA", "ia", 6600, 6601, now=5.0).ports == (6600, 6601)
+
+
+def test_leaseTtlFollowsTheDispatcher(table):
+    """A lease asked with a longer ttl (slow heartbeats) lives that long, renewals included."""
+    slow = table.lease("slow", "h", "is", now=0.0, ttl=15.0)
+    assert slow.ttl == 15.0
+    assert table.locate("slow", now=14.0) is not None
+    assert table.renew("slow", "is", now=14.0).ttl == 15.0
+    assert table.locate("slow", now=28.0) is not None
+    assert table.locate("slow", now=29.5) is None
+    # A shorter ttl than the table's never shortens a lease.
+    assert table.lease("quick", "h", "iq", now=0.0, ttl=0.5).ttl == TTL
 
 
 def test_registerServiceHeldByOtherInstance(table):
@@ -385,6 +411,7 @@ PORTS = sorted({port for pair in EXPLICIT for port in pair})
 @dataclasses.dataclass
 class ModelLease:
     instance: str
+    host: str
     ports: tuple
     renewed: float
     explicit: bool
@@ -406,11 +433,13 @@ class LeaseMachine(RuleBasedStateMachine):
         for name in [n for n, m in self.live.items() if self.now >= m.renewed + TTL]:
             del self.live[name]
 
-    def taken(self):
-        return {port for m in self.live.values() for port in m.ports}
+    def taken(self, host, besides=None):
+        """Ports held on ``host`` by live leases other than service ``besides``."""
+        return {port for n, m in self.live.items() if m.host == host and n != besides
+                for port in m.ports}
 
-    def modelStore(self, name, instance, pair, explicit=False):
-        self.live[name] = ModelLease(instance, pair, self.now, explicit)
+    def modelStore(self, name, instance, host, pair, explicit=False):
+        self.live[name] = ModelLease(instance, host, pair, self.now, explicit)
         if pair in ALIGNED:
             self.previous[name] = pair
 
@@ -441,25 +470,25 @@ class LeaseMachine(RuleBasedStateMachine):
             self.assertUnchanged(before)
             return
         except LeaseError:
-            blocked = self.taken() | avoid
+            blocked = self.taken(host, besides=name) | avoid
             assert all(blocked & set(p) for p in ALIGNED), "LeaseError while a pair was free"
             self.assertUnchanged(before)
             return
-        assert got.service == name and got.instance == instance
+        assert got.service == name and got.instance == instance and got.host == host
         if held is not None:
             assert held.instance == instance
-            if not avoid & set(held.ports):
+            if not avoid & set(held.ports) and held.host == host:
                 assert got.ports == held.ports
-                self.modelStore(name, instance, got.ports, held.explicit)
+                self.modelStore(name, instance, host, got.ports, held.explicit)
                 return
-        taken = self.taken()
+        taken = self.taken(host, besides=name)
         free = [p for p in ALIGNED if not (set(p) & (taken | avoid))]
         prev = self.previous.get(name)
         if prev in free:
             assert got.ports == prev, "the previous pair was free but not reused"
         else:
             assert got.ports == free[0]
-        self.modelStore(name, instance, got.ports)
+        self.modelStore(name, instance, host, got.ports)
 
     @rule(
         service=st.sampled_from(SERVICES),
@@ -472,7 +501,7 @@ class LeaseMachine(RuleBasedStateMachine):
         name = service.lower()
         before = self.table.leases(self.now)
         held = self.live.get(name)
-        others = {port for n, m in self.live.items() if n != name for port in m.ports}
+        others = self.taken(host, besides=name)
         try:
             got = self.table.register(service, host, instance, pair[0], pair[1], self.now)
         except LeaseConflict:
@@ -482,7 +511,7 @@ class LeaseMachine(RuleBasedStateMachine):
         assert not (held is not None and held.instance != instance)
         assert not others & set(pair)
         assert got.ports == pair
-        self.modelStore(name, instance, pair, explicit=True)
+        self.modelStore(name, instance, host, pair, explicit=True)
 
     @rule(service=st.sampled_from(SERVICES), instance=st.sampled_from(INSTANCES))
     def renew(self, service, instance):
@@ -514,16 +543,17 @@ class LeaseMachine(RuleBasedStateMachine):
     def matchesModel(self):
         self.modelExpire()
         listed = self.table.leases(self.now)
-        actual = {lease.service: (lease.instance, lease.ports, lease.renewed) for lease in listed}
-        expected = {name: (m.instance, m.ports, m.renewed) for name, m in self.live.items()}
+        actual = {lease.service: (lease.instance, lease.host, lease.ports, lease.renewed)
+                  for lease in listed}
+        expected = {name: (m.instance, m.host, m.ports, m.renewed) for name, m in self.live.items()}
         assert actual == expected
         assert len(self.table) == len(listed)
 
     @invariant()
     def noPortTwiceOneLeasePerService(self):
         listed = self.table.leases(self.now)
-        held = [port for lease in listed for port in lease.ports]
-        assert len(held) == len(set(held))
+        held = [(lease.host, port) for lease in listed for port in lease.ports]
+        assert len(held) == len(set(held))  # a port is held once per host
         names = [lease.service for lease in listed]
         assert len(names) == len(set(names))
         assert all(lease.isLive(self.now) for lease in listed)

@@ -1,6 +1,9 @@
 """The router and its use by dispatchers and clients, in one process on real sockets."""
 
 import random
+import shutil
+import socket
+import tempfile
 
 from twisted.internet import defer
 from twisted.internet import reactor as globalReactor
@@ -30,6 +33,18 @@ def routedConfig(routerPort, firstPort=None, lastPort=None, **router):
               "last-port": lastPort, "timeout": 500, "allow-spawn": "no"}
     values.update(router)
     return config.Config.fromMapping({"zmq": {"host": HOST}, "zmq-router": values})
+
+
+def freePair():
+    """A port p such that p and p + 1 were both free a moment ago."""
+    while True:
+        port = freePort()
+        with socket.socket() as probe:
+            try:
+                probe.bind((HOST, port + 1))
+            except OSError:
+                continue
+        return port
 
 
 class RouterTestCase(unittest.TestCase):
@@ -136,7 +151,7 @@ class LeaseTests(RouterTestCase):
     @defer.inlineCallbacks
     def test_exhaustedPortsAreALeaseError(self):
         """When every pair is leased the next dispatcher fails cleanly; the rest still work."""
-        port = freePort()
+        port = freePair()
         router, cfg = self.routerAndConfig(firstPort=port, lastPort=port + 2)
         yield self.startDispatcher(cfg, "one")
         extra = DispatcherService("two", cfg, [keywords.Double("TEMP")], reactor=globalReactor,
@@ -263,6 +278,75 @@ class SpawnTests(RouterTestCase):
         error = yield self.assertFailure(client.service("demo"), RouterUnavailable)
         self.assertIn(cfg.routerAddress(), str(error))
         self.assertLess(globalReactor.seconds() - started, 2.0)
+
+
+
+
+class RecoveryTests(RouterTestCase):
+    """Dispatchers keep the address book alive whatever happens to one router."""
+
+    @defer.inlineCallbacks
+    def test_threadRouterReplacedWhenItsDispatcherStops(self):
+        """When the dispatcher running the router in-thread stops, another starts one."""
+        cfg = routedConfig(freePort(), **{"allow-spawn": "yes", "process": "thread"})
+        first = yield self.startDispatcher(cfg, "first")
+        second = yield self.startDispatcher(cfg, "second")
+        self.assertIsNotNone(first._router.spawnedRouter)
+        self.assertIsNone(second._router.spawnedRouter)
+        yield first.stopService()
+        yield eventually(lambda: second._router.spawnedRouter is not None, 5.0)
+        router = second._router.spawnedRouter
+        yield eventually(lambda: router.leases.locate("second", router._now()) is not None, 5.0)
+        remote = yield self.startClient(cfg).service("second")
+        self.assertEqual((yield remote["TEMP"].read()), "1.0")
+
+    @defer.inlineCallbacks
+    def test_leaseLivesThreeOfTheDispatchersHeartbeats(self):
+        """A dispatcher with slow heartbeats gets a lease of three heartbeats, not the minimum."""
+        router, cfg = self.routerAndConfig()
+        slow = DispatcherService("slow", cfg, [keywords.Double("TEMP")], reactor=globalReactor,
+                                 heartbeatInterval=2.0)
+        slow.startService()
+        self.addCleanup(slow.stopService)
+        yield slow.whenReady()
+        self.assertEqual(router.leases.locate("slow", router._now()).ttl, 6.0)
+
+    @defer.inlineCallbacks
+    def test_wildcardHostIsNotAdvertised(self):
+        """A dispatcher bound on every interface is advertised by its host name, not '*'."""
+        router, cfg = self.routerAndConfig()
+        dispatcher = yield self.startDispatcher(cfg.replace("zmq", "host", "*"), "wide")
+        lease = router.leases.locate("wide", router._now())
+        self.assertEqual(lease.host, socket.getfqdn())
+        self.assertTrue(dispatcher.dispatchAddress.startswith("tcp://"))
+
+    @defer.inlineCallbacks
+    def test_remoteRouterIsNotStartedHere(self):
+        """A router configured on another machine is not started here; the error says why."""
+        cfg = routedConfig(freePort(), host="10.255.255.1",
+                           **{"allow-spawn": "yes", "process": "thread"})
+        dispatcher = DispatcherService("demo", cfg, [keywords.Double("TEMP")],
+                                       reactor=globalReactor, heartbeatInterval=HEARTBEAT)
+        dispatcher.startService()
+        self.addCleanup(dispatcher.stopService)
+        error = yield self.assertFailure(dispatcher.whenReady(), RouterUnavailable)
+        self.assertIn("10.255.255.1", str(error))
+        self.assertIn("starting one here failed", str(error))
+
+    @defer.inlineCallbacks
+    def test_ipcDispatcherRegistersAgain(self):
+        """A dispatcher on ipc addresses registers its leased pair again after a router restart."""
+        folder = tempfile.mkdtemp(prefix="cauldron-ipc-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        router, cfg = self.routerAndConfig()
+        cfg = cfg.replace("zmq", "protocol", "ipc").replace("zmq", "host", folder + "/svc")
+        dispatcher = yield self.startDispatcher(cfg, "ipcsvc")
+        self.assertTrue(dispatcher.dispatchAddress.startswith("ipc://"))
+        router.stopService()
+        reborn = self.startRouter(cfg)
+        yield eventually(lambda: reborn.leases.locate("ipcsvc", reborn._now()) is not None, 3.0)
+        remote = yield self.startClient(cfg).service("ipcsvc")
+        self.assertEqual((yield remote["TEMP"].read()), "1.0")
 
 
 del ServiceList

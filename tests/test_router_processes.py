@@ -8,6 +8,7 @@ output) until a deadline.  Every process a test starts, including a router a
 dispatcher spawned, is ended at cleanup.
 """
 
+import configparser
 import os
 import queue
 import random
@@ -214,7 +215,14 @@ def poll(attempt, check, deadline=DEADLINE, what="condition"):
 
 
 def spawnedRouters(configPath):
-    """Pids of live ``routerMain`` processes whose command line names ``configPath``."""
+    """Pids of live ``routerMain`` processes started for the router of ``configPath``.
+
+    A dispatcher starts them with a config file of its own, named after the
+    router's port (``cauldron-router-PORT-*.ini``).
+    """
+    port = configparser.ConfigParser()
+    port.read(configPath)
+    marker = "cauldron-router-%s-" % (port["zmq-router"]["port"],)
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -226,7 +234,8 @@ def spawnedRouters(configPath):
                 state = f.read().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if state != "Z" and configPath in argv and any("routerMain" in a for a in argv):
+        if (state != "Z" and any(marker in a for a in argv)
+                and any("routerMain" in a for a in argv)):
             pids.append(int(entry))
     return pids
 

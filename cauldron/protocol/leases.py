@@ -125,7 +125,8 @@ class LeaseTable:
         self.ttl = ttl
         self._remember = remember
         self._leases: dict[str, Lease] = {}
-        self._owners: dict[int, str] = {}
+        # Ports belong to a host: two hosts may use the same port numbers.
+        self._owners: dict[tuple[str, int], str] = {}
         # Insertion order is recency order: the first key is forgotten first.
         self._previous: dict[str, tuple[int, int]] = {}
 
@@ -170,12 +171,20 @@ class LeaseTable:
     # -- changes ----------------------------------------------------------
 
     def lease(
-        self, service: str, host: str, instance: str, now: float, avoid: Iterable[int] = ()
+        self,
+        service: str,
+        host: str,
+        instance: str,
+        now: float,
+        avoid: Iterable[int] = (),
+        ttl: float | None = None,
     ) -> Lease:
         """Grant the service a port pair, or give its live lease back to the same instance.
 
         ``avoid`` lists ports the dispatcher found taken on its host; it asks
         again with the accumulated list, so a held pair touching it is moved.
+        ``ttl`` overrides the table's lease lifetime for this lease (a
+        dispatcher with slow heartbeats needs longer).
         """
         self.expire(now)
         name = _serviceName(service)
@@ -184,14 +193,18 @@ class LeaseTable:
         if held is not None:
             if held.instance != instance:
                 raise self._conflict(held, now)
-            if avoided.isdisjoint(held.ports):
-                return self._store(dataclasses.replace(held, renewed=now))
-        pair = self._choose(name, avoided)
-        if pair is None:
-            raise LeaseError(self._exhausted(avoided))
+            if avoided.isdisjoint(held.ports) and held.host == host:
+                return self._store(dataclasses.replace(held, renewed=now, ttl=self._ttl(ttl)))
         if held is not None:
             self._drop(held)
-        return self._store(Lease(name, host, instance, pair[0], pair[1], now, now, self.ttl))
+        pair = self._choose(name, host, avoided)
+        if pair is None:
+            if held is not None:
+                self._store(held)  # a failed request changes nothing
+            raise LeaseError(self._exhausted(host, avoided))
+        return self._store(
+            Lease(name, host, instance, pair[0], pair[1], now, now, self._ttl(ttl))
+        )
 
     def register(
         self,
@@ -201,6 +214,7 @@ class LeaseTable:
         dispatchPort: int,
         broadcastPort: int,
         now: float,
+        ttl: float | None = None,
     ) -> Lease:
         """Record ports a dispatcher already has bound (after a router restart, or fixed ports).
 
@@ -218,7 +232,7 @@ class LeaseTable:
         if held is not None and held.instance != instance:
             raise self._conflict(held, now)
         for port in (dispatchPort, broadcastPort):
-            owner = self._owners.get(port)
+            owner = self._owners.get((host, port))
             if owner is not None and owner != name:
                 other = self._leases[owner]
                 raise LeaseConflict(
@@ -227,11 +241,11 @@ class LeaseTable:
                     f"(ports {other.dispatchPort}/{other.broadcastPort}), "
                     f"expiring in {_seconds(other.expiresIn(now))} s"
                 )
-        if held is not None and held.ports == (dispatchPort, broadcastPort):
-            return self._store(dataclasses.replace(held, renewed=now))
+        if held is not None and held.ports == (dispatchPort, broadcastPort) and held.host == host:
+            return self._store(dataclasses.replace(held, renewed=now, ttl=self._ttl(ttl)))
         if held is not None:
             self._drop(held)
-        lease = Lease(name, host, instance, dispatchPort, broadcastPort, now, now, self.ttl)
+        lease = Lease(name, host, instance, dispatchPort, broadcastPort, now, now, self._ttl(ttl))
         return self._store(lease)
 
     def renew(self, service: str, instance: str, now: float) -> Lease:
@@ -256,26 +270,33 @@ class LeaseTable:
 
     # -- internals --------------------------------------------------------
 
-    def _isFree(self, pair: tuple[int, int], avoided: frozenset[int]) -> bool:
-        return all(port not in avoided and port not in self._owners for port in pair)
+    def _ttl(self, ttl: float | None) -> float:
+        if ttl is None:
+            return self.ttl
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl < math.inf:
+            raise LeaseError(f"a lease ttl must be a positive number of seconds, not {ttl!r}")
+        return max(float(ttl), self.ttl)
 
-    def _choose(self, name: str, avoided: frozenset[int]) -> tuple[int, int] | None:
+    def _isFree(self, host: str, pair: tuple[int, int], avoided: frozenset[int]) -> bool:
+        return all(port not in avoided and (host, port) not in self._owners for port in pair)
+
+    def _choose(self, name: str, host: str, avoided: frozenset[int]) -> tuple[int, int] | None:
         """The service's previous pair if free, else the lowest free pair, else None."""
         previous = self._previous.get(name)
-        if previous is not None and self._isFree(previous, avoided):
+        if previous is not None and self._isFree(host, previous, avoided):
             return previous
         for port in self.pairs:
-            if self._isFree((port, port + 1), avoided):
+            if self._isFree(host, (port, port + 1), avoided):
                 return (port, port + 1)
         return None
 
     def _store(self, lease: Lease) -> Lease:
         old = self._leases.get(lease.service)
-        if old is not None and old.ports != lease.ports:
+        if old is not None and (old.ports != lease.ports or old.host != lease.host):
             self._drop(old)
         self._leases[lease.service] = lease
         for port in lease.ports:
-            self._owners[port] = lease.service
+            self._owners[(lease.host, port)] = lease.service
         if self.isPair(*lease.ports):
             self._previous.pop(lease.service, None)
             self._previous[lease.service] = lease.ports
@@ -286,8 +307,8 @@ class LeaseTable:
     def _drop(self, lease: Lease) -> None:
         del self._leases[lease.service]
         for port in lease.ports:
-            if self._owners.get(port) == lease.service:
-                del self._owners[port]
+            if self._owners.get((lease.host, port)) == lease.service:
+                del self._owners[(lease.host, port)]
 
     def _conflict(self, held: Lease, now: float) -> LeaseConflict:
         return LeaseConflict(
@@ -296,10 +317,12 @@ class LeaseTable:
             f"retry after its lease expires in {_seconds(held.expiresIn(now))} s"
         )
 
-    def _exhausted(self, avoided: frozenset[int]) -> str:
-        count = len(self._leases)
+    def _exhausted(self, host: str, avoided: frozenset[int]) -> str:
+        count = sum(1 for lease in self._leases.values() if lease.host == host)
         holders = "1 service holds a lease" if count == 1 else f"{count} services hold leases"
-        message = f"no free port pair in [{self.firstPort}, {self.lastPort}): {holders}"
+        message = (
+            f"no free port pair in [{self.firstPort}, {self.lastPort}) on host {host!r}: {holders}"
+        )
         skipped = sum(1 for port in avoided if self.firstPort <= port < self.lastPort)
         if skipped:
             message += f", {skipped} port{'' if skipped == 1 else 's'} in use on the host avoided"
