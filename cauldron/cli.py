@@ -15,6 +15,7 @@ import json
 import math
 import sys
 import time
+import warnings
 
 from twisted.internet import defer, task
 from twisted.python.failure import Failure
@@ -447,8 +448,18 @@ def _describeError(failure):
     return "unexpected error: %s: %s" % (type(error).__name__, error)
 
 
+def _oneLineWarnings(program):
+    """Show warnings (an unknown config key...) as one plain line on stderr."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        sys.stderr.write("%s: warning: %s\n" % (program, message))
+
+    warnings.showwarning = show
+
+
 def main(argv=None):
     """Entry point of ``cauldron``; exits with the command's status."""
+    _oneLineWarnings("cauldron")
     args = parseArgs(sys.argv[1:] if argv is None else argv)
     state = {"finished": False, "interrupted": False}
 
@@ -512,6 +523,7 @@ def routerMain(argv=None):
     from cauldron.router import RouterService
     from cauldron.tap import RouterOptions
 
+    _oneLineWarnings("Cauldron-router-zmq")
     options = RouterOptions()
     try:
         options.parseOptions(sys.argv[1:] if argv is None else argv)

@@ -189,7 +189,15 @@ class Config:
         raw = {section: dict(keys) for section, keys in DEFAULTS.items()}
         for section, keys in (mapping or {}).items():
             if section not in raw:
-                continue  # other tools may share the file
+                if section.lower().startswith("zmq"):
+                    # Other tools may share the file, but [zmq_router] is a typo.
+                    warnings.warn(
+                        "%s: [%s]: unknown section, ignored (known: [zmq], [zmq-router])"
+                        % (source, section),
+                        ConfigWarning,
+                        stacklevel=3,
+                    )
+                continue
             for key, value in keys.items():
                 if key not in raw[section]:
                     warnings.warn(
@@ -279,6 +287,12 @@ def _validate(raw, source):
                 raise ConfigError(
                     "%s: [%s] %s = %r: %s" % (source, section, key, text, e)
                 ) from None
+    z = values["zmq"]
+    if z["dispatch-port"] and z["dispatch-port"] == z["broadcast-port"]:
+        raise ConfigError(
+            "%s: [zmq] broadcast-port = %r: must differ from dispatch-port"
+            % (source, raw["zmq"]["broadcast-port"])
+        )
     r = values["zmq-router"]
     if r["first-port"] + 2 > r["last-port"]:
         # Leases come from [first-port, last-port) in pairs (p, p + 1): the

@@ -480,6 +480,21 @@ def test_demo(tmp_path):
         demo.kill()
 
 
+def test_configWarningIsOneLine(tmp_path):
+    """An unknown config key is one plain warning line, then the command goes on."""
+    dispatchPort, broadcastPort = freePorts(2)
+    config = tmp_path / "warn.ini"
+    config.write_text(
+        "[zmq]\nhost = 127.0.0.1\ndispatch-port = %d\nbroadcast-port = %d\nbogus = 1\n"
+        "[zmq-router]\nenable = no\n" % (dispatchPort, broadcastPort)
+    )
+    result = cauldron("show", "-c", str(config), "--timeout", "1", "-s", "demo", "X")
+    assert result.returncode == 1, result
+    lines = result.stderr.splitlines()
+    assert lines[0] == "cauldron: warning: %s: [zmq] bogus: unknown key, ignored" % (config,)
+    assert len(lines) == 2 and lines[1].startswith("cauldron: "), result.stderr
+
+
 def test_help():
     """--help lists every command and exits 0."""
     result = cauldron("--help")

@@ -299,3 +299,25 @@ def test_immutable():
 def test_equalAndHashable():
     assert load() == load()
     assert hash(load()) == hash(load())
+
+
+def test_samePortTwiceRejected(tmp_path):
+    """dispatch-port and broadcast-port must differ (0, ephemeral, excepted)."""
+    path = tmp_path / "same.ini"
+    path.write_text("[zmq]\ndispatch-port = 7000\nbroadcast-port = 7000\n")
+    with pytest.raises(ConfigError, match=r"\[zmq\] broadcast-port = '7000': must differ"):
+        load(str(path))
+    path.write_text("[zmq]\ndispatch-port = 0\nbroadcast-port = 0\n")
+    assert load(str(path)).get("zmq", "broadcast-port") == 0
+
+
+def test_misspelledSectionWarned(tmp_path):
+    """A section that looks like ours but is not ([zmq_router]) is named in a warning."""
+    path = tmp_path / "typo.ini"
+    path.write_text("[zmq_router]\nport = 41999\n[other-tool]\nx = 1\n")
+    with pytest.warns(ConfigWarning) as caught:
+        cfg = load(str(path))
+    messages = [str(w.message) for w in caught]
+    assert any("[zmq_router]: unknown section" in m for m in messages), messages
+    assert not any("other-tool" in m for m in messages)
+    assert cfg.get("zmq-router", "port") == 6510
