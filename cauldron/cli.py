@@ -524,7 +524,11 @@ def routerMain(argv=None):
     from cauldron.tap import RouterOptions
 
     _oneLineWarnings("Cauldron-router-zmq")
-    options = RouterOptions()
+
+    class ScriptOptions(RouterOptions):
+        synopsis = "Usage: Cauldron-router-zmq [-c CONFIG] [-v ...]"
+
+    options = ScriptOptions()
     try:
         options.parseOptions(sys.argv[1:] if argv is None else argv)
     except usage.UsageError as e:
