@@ -24,7 +24,6 @@ from cauldron.errors import (
     BadValue,
     CauldronError,
     HookError,
-    ProtocolError,
     ReadOnly,
     ServiceUnavailable,
     UnknownKeyword,
@@ -46,7 +45,7 @@ from cauldron.protocol.messages import (
     Value,
     Write,
 )
-from cauldron.serving import RateLimitedCounter, errorReply
+from cauldron.serving import RateLimitedCounter, answer
 from cauldron.transport import Transport, bindAddress
 
 __all__ = ["DispatcherService", "describeWithValue"]
@@ -371,30 +370,12 @@ class DispatcherService(service.Service):
     # -- serving requests
 
     def _received(self, identity, frames):
-        try:
-            request = codec.decode(frames)
-        except ProtocolError as e:
-            self.malformed(str(e))
-            return
-        handler = self._handlers.get(type(request))
-        if handler is None:
-            self.malformed(f"unexpected {type(request).__name__}")
-            self._reply(identity, Error(getattr(request, "id", 0), "ProtocolError",
-                                        f"a dispatcher does not answer {type(request).__name__}"))
-            return
-        try:
-            result = handler(self, request)
-        except Exception as e:
-            self._reply(identity, errorReply(request.id, e))
-            return
-        if isinstance(result, defer.Deferred):
-            result.addCallbacks(
-                lambda reply: self._reply(identity, reply),
-                lambda f: self._reply(identity, errorReply(request.id, f.value)),
-            )
-            result.addErrback(lambda f: log.failure("replying to {r}", f, r=request))
-        else:
-            self._reply(identity, result)
+        reply = answer(frames, self._handlers, self, self.malformed)
+        if isinstance(reply, defer.Deferred):
+            reply.addCallback(lambda message: self._reply(identity, message))
+            reply.addErrback(lambda f: log.failure("replying failed", f))
+        elif reply is not None:
+            self._reply(identity, reply)
 
     def _reply(self, identity, message):
         router = self._routerSocket

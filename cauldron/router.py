@@ -16,7 +16,7 @@ from twisted.internet import task
 from twisted.logger import Logger
 
 from cauldron import config as _config
-from cauldron.errors import CauldronError, ProtocolError, UnknownService
+from cauldron.errors import ProtocolError, UnknownService
 from cauldron.protocol import codec
 from cauldron.protocol.leases import LeaseTable
 from cauldron.protocol.messages import (
@@ -35,7 +35,7 @@ from cauldron.protocol.messages import (
     ServiceEntry,
     ServiceList,
 )
-from cauldron.serving import RateLimitedCounter, errorReply
+from cauldron.serving import RateLimitedCounter, answer
 from cauldron.transport import Transport, bindAddress
 
 __all__ = ["RouterService", "DEFAULT_LEASE_TTL"]
@@ -130,24 +130,20 @@ class RouterService(service.Service):
     # -- requests
 
     def _received(self, identity, frames):
-        try:
-            request = codec.decode(frames)
-        except ProtocolError as e:
-            self.malformed(str(e))
+        if self.verbose >= 3:
+            self._logRequest(frames)
+        reply = answer(frames, self._handlers, self, self.malformed, "CauldronError")
+        if reply is None:
             return
-        self._say(3, "request {r!r}", r=request)
-        handler = self._handlers.get(type(request))
-        if handler is None:
-            self.malformed(f"unexpected {type(request).__name__}")
-            reply = Error(getattr(request, "id", 0), "ProtocolError",
-                          f"the router does not answer {type(request).__name__}")
-        else:
-            try:
-                reply = handler(self, request)
-            except CauldronError as e:
-                self._say(1, "{kind} refused: {e}", kind=type(request).__name__, e=e)
-                reply = errorReply(request.id, e)
+        if isinstance(reply, Error):
+            self._say(1, "refused: {error}: {message}", error=reply.error, message=reply.message)
         self._socket.sendTo(identity, codec.encode(reply))
+
+    def _logRequest(self, frames):
+        try:
+            self._say(3, "request {r!r}", r=codec.decode(frames))
+        except ProtocolError:
+            pass  # counted and logged as malformed when answered
 
     def _leased(self, requestId, lease):
         return Leased(requestId, lease.service, lease.host, lease.dispatchPort,
