@@ -8,18 +8,16 @@ tests do not depend on PATH.  Every subprocess is killed at cleanup.
 
 import io
 import os
-import queue
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import pytest
+from processes import DEADLINE, TWISTD, Process, cauldron, environment, freePorts
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
@@ -29,14 +27,6 @@ from cauldron.errors import ReadOnly, UnknownKeyword, UnknownService
 from cauldron.keywordfile import loadKeywords
 from cauldron.transport import portOf
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-#: how long anything may take before a test gives up (never a bare sleep)
-DEADLINE = 30.0
-TWISTD = [
-    sys.executable,
-    "-c",
-    "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()",
-]
 READY = re.compile(
     r"cauldron-dispatcher: serving '(?P<name>[^']*)': "
     r"dispatch tcp://[^:]+:(?P<dispatch>\d+), broadcast tcp://[^:]+:(?P<broadcast>\d+)"
@@ -77,20 +67,6 @@ initial = [1.0, 2.0]
 """
 
 
-def environment():
-    """The subprocess environment: this checkout importable, no stray config."""
-    env = dict(os.environ)
-    env.pop("CAULDRON_CONFIG", None)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def _resetSigint():
-    # A shell running us in the background may ignore SIGINT; children inherit that.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def writeConfig(path, dispatchPort, broadcastPort):
     path.write_text(
         "[zmq]\nhost = 127.0.0.1\ndispatch-port = %d\nbroadcast-port = %d\n"
@@ -99,96 +75,9 @@ def writeConfig(path, dispatchPort, broadcastPort):
     return str(path)
 
 
-def freePorts(n=2):
-    """Ports free right now (only for addresses nothing should listen on)."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-class Process:
-    """A subprocess whose output is drained by a thread (a full pipe would block it)."""
-
-    def __init__(self, argv, cwd, stdin=None):
-        self.popen = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=environment(),
-            stdin=subprocess.DEVNULL if stdin is None else stdin,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            preexec_fn=_resetSigint,
-        )
-        self.lines = queue.Queue()
-        self.output = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self):
-        for line in self.popen.stdout:
-            self.output.append(line)
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def waitForLine(self, pattern, deadline=DEADLINE):
-        """The first match of ``pattern`` in the output, failing at the deadline or exit."""
-        end = time.monotonic() + deadline
-        while True:
-            left = end - time.monotonic()
-            if left <= 0:
-                raise AssertionError("no %r in output:\n%s" % (pattern.pattern, self.text()))
-            try:
-                line = self.lines.get(timeout=left)
-            except queue.Empty:
-                continue
-            if line is None:
-                raise AssertionError(
-                    "exited %s without %r:\n%s"
-                    % (self.popen.wait(), pattern.pattern, self.text())
-                )
-            match = pattern.search(line)
-            if match:
-                return match
-
-    def wait(self, timeout=DEADLINE):
-        status = self.popen.wait(timeout=timeout)
-        self._reader.join(timeout)
-        return status
-
-    def text(self):
-        return "".join(self.output)
-
-    def kill(self):
-        if self.popen.poll() is None:
-            self.popen.kill()
-        self.popen.wait(DEADLINE)
-        self._reader.join(DEADLINE)
-        self.popen.stdout.close()
-
-
 def twistd(*args):
     """twistd -n cauldron-dispatcher ARGS, without a pid file."""
     return [*TWISTD, "-n", "--pidfile=", "cauldron-dispatcher", *args]
-
-
-def cauldron(*args, timeout=DEADLINE, cwd=None):
-    """Run ``python -m cauldron ARGS``; the CompletedProcess."""
-    return subprocess.run(
-        [sys.executable, "-m", "cauldron", *args],
-        cwd=cwd,
-        env=environment(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        preexec_fn=_resetSigint,
-    )
 
 
 class Dispatcher:

@@ -10,7 +10,6 @@ dispatcher spawned, is ended at cleanup.
 
 import configparser
 import os
-import queue
 import random
 import re
 import shutil
@@ -18,22 +17,16 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
+from processes import DEADLINE, TWISTD, Process, cauldron, environment, freePorts
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-#: how long anything may take before a test gives up (never a bare sleep)
-DEADLINE = 30.0
 #: what the issue allows for expiry and repopulation
 HEAL_DEADLINE = 20.0
 HEARTBEAT = "0.2"
-TWISTD = [
-    sys.executable, "-c",
-    "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()",
-    "-n", "--pidfile=",
-]
+#: twistd in the foreground, without a pid file
+FOREGROUND = [*TWISTD, "-n", "--pidfile="]
 ROUTER_MAIN = [sys.executable, "-c", "from cauldron.cli import routerMain; routerMain()"]
 LISTENING = re.compile(r"router listening at (?P<address>tcp://127\.0\.0\.1:\d+)")
 READY = re.compile(
@@ -47,27 +40,6 @@ SERVICE_LINE = re.compile(
 
 
 # -- helpers ---------------------------------------------------------------------
-
-
-def environment():
-    """The subprocess environment: this checkout importable, no stray config."""
-    env = dict(os.environ)
-    env.pop("CAULDRON_CONFIG", None)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def _resetSigint():
-    # A shell running us in the background may ignore SIGINT; children inherit that.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def freePort():
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _bindable(port):
@@ -93,7 +65,7 @@ class Setup:
 
     def __init__(self, tmp_path, width=40, allowSpawn=False, process="thread", **router):
         self.tmp = tmp_path
-        self.port = freePort()
+        self.port = freePorts(1)[0]
         self.first, self.last = leaseRange(width)
         self.address = "tcp://127.0.0.1:%d" % self.port
         values = {
@@ -116,78 +88,6 @@ class Setup:
         path = self.tmp / ("keywords-%s.toml" % value)
         path.write_text('[TEMP]\ntype = "double"\ninitial = %r\n' % (value,))
         return str(path)
-
-
-class Process:
-    """A subprocess whose output is drained by a thread (a full pipe would block it)."""
-
-    def __init__(self, argv, cwd):
-        self.argv = argv
-        self.started = time.monotonic()
-        self.popen = subprocess.Popen(
-            argv, cwd=cwd, env=environment(), stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            preexec_fn=_resetSigint,
-        )
-        self.pid = self.popen.pid
-        self.lines = queue.Queue()
-        self.output = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self):
-        for line in self.popen.stdout:
-            self.output.append(line)
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def waitForLine(self, pattern, deadline=DEADLINE):
-        """The first match of ``pattern`` in further output; fails at the deadline or exit."""
-        end = time.monotonic() + deadline
-        while True:
-            left = end - time.monotonic()
-            if left <= 0:
-                raise AssertionError("no %r in output of %s:\n%s"
-                                     % (pattern.pattern, self.argv, self.text()))
-            try:
-                line = self.lines.get(timeout=left)
-            except queue.Empty:
-                continue
-            if line is None:
-                self.lines.put(None)  # later waits fail at once too
-                raise AssertionError("exited %s without %r:\n%s"
-                                     % (self.popen.wait(), pattern.pattern, self.text()))
-            match = pattern.search(line)
-            if match:
-                return match
-
-    def wait(self, timeout=DEADLINE):
-        status = self.popen.wait(timeout=timeout)
-        self._reader.join(timeout)
-        return status
-
-    def signal(self, signum):
-        if self.popen.poll() is None:
-            self.popen.send_signal(signum)
-
-    def text(self):
-        return "".join(self.output)
-
-    def kill(self):
-        if self.popen.poll() is None:
-            self.popen.kill()
-        self.popen.wait(DEADLINE)
-        self._reader.join(DEADLINE)
-        self.popen.stdout.close()
-
-
-def cauldron(*args, timeout=DEADLINE):
-    """Run ``python -m cauldron ARGS``; the CompletedProcess."""
-    return subprocess.run(
-        [sys.executable, "-m", "cauldron", *args], env=environment(),
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
-        preexec_fn=_resetSigint,
-    )
 
 
 def parseServices(stdout):
@@ -253,7 +153,7 @@ class Processes:
         return process
 
     def twistdRouter(self, config=None, *extra):
-        return self.start([*TWISTD, "cauldron-router", "-c", config or self.setup.config,
+        return self.start([*FOREGROUND, "cauldron-router", "-c", config or self.setup.config,
                            *extra])
 
     def router(self, config=None):
@@ -263,7 +163,7 @@ class Processes:
         return process
 
     def twistdDispatcher(self, name, value=20.0, config=None):
-        return self.start([*TWISTD, "cauldron-dispatcher", "-c", config or self.setup.config,
+        return self.start([*FOREGROUND, "cauldron-dispatcher", "-c", config or self.setup.config,
                            "-s", name, "-k", self.setup.keywords(value),
                            "--heartbeat", HEARTBEAT])
 
@@ -537,7 +437,7 @@ def test_commandsWithoutRouter(setup):
 def test_badConfigValue(setup):
     """``port = sixty`` makes both twistd cauldron-router and Cauldron-router-zmq exit non-zero."""
     bad = setup.writeConfig("bad.ini", {"host": "127.0.0.1", "port": "sixty"})
-    for argv in [[*TWISTD, "cauldron-router", "-c", bad]] + [
+    for argv in [[*FOREGROUND, "cauldron-router", "-c", bad]] + [
             [*script, "-c", bad] for script in routerScripts()]:
         result = subprocess.run(argv, env=environment(), stdin=subprocess.DEVNULL,
                                 capture_output=True, text=True, timeout=DEADLINE,
@@ -554,7 +454,7 @@ def test_badConfigValue(setup):
 def test_secondRouterOnSameAddress(setup, processes):
     """A second router on a taken address exits non-zero with one clear line; the first serves."""
     processes.router()
-    for argv in [[*TWISTD, "cauldron-router", "-c", setup.config]] + [
+    for argv in [[*FOREGROUND, "cauldron-router", "-c", setup.config]] + [
             [*script, "-c", setup.config] for script in routerScripts()]:
         second = processes.start(argv)
         assert second.wait(15) != 0, second.text()
