@@ -647,6 +647,14 @@ def runScript(cfg, body, timeout=30):
     script = textwrap.dedent(f"""
         import gc, sys, threading, time
         from cauldron import config, errors, ktl
+
+        def until(predicate, timeout=10):
+            # Wait for a condition, with a deadline (polled: it is another thread's).
+            deadline = time.monotonic() + timeout
+            while not predicate():
+                assert time.monotonic() < deadline, "condition not met in time"
+                threading.Event().wait(0.01)
+
         cfg = config.Config.fromMapping({{
             "zmq": {{"host": "127.0.0.1", "dispatch-port": {z["dispatch-port"]},
                      "broadcast-port": {z["broadcast-port"]}}},
@@ -679,9 +687,8 @@ def test_dropped_wait_false_handles_print_nothing(cfg, svc, hooks):
             pass
         del kept
         assert svc["MSG"].read() == "fire and forget"
-        time.sleep(0.3)
-        gc.collect()
-        time.sleep(0.2)
+        until(lambda: not ktl._pending)   # every dropped call has its outcome
+        until(lambda: gc.collect() is not None and len(unwaited) >= 2)
         print(len(unwaited), sorted(e["what"] for e in unwaited))
     """)
     assert (result.returncode, result.stderr) == (0, "")
@@ -716,9 +723,8 @@ def test_a_dispatcher_that_does_not_answer_gives_typed_errors_quietly(cfg, svc, 
         sequence = hang.read(wait=False)
         print("sequence:", sequence.wait(0.05))   # not complete yet
         del sequence
-        time.sleep(1.3)   # every client deadline passes
+        until(lambda: not ktl._pending)   # every client deadline passed
         gc.collect()
-        time.sleep(0.1)
     """)
     try:
         assert (result.returncode, result.stderr) == (0, "")
@@ -753,7 +759,7 @@ def test_blocked_calls_at_interpreter_exit_print_no_traceback(cfg, svc, hooks):
             lambda: svc["HANG"].monitor(),
         ]:
             threading.Thread(target=target, daemon=True).start()
-        time.sleep(0.5)
+        until(lambda: len(ktl._pending) >= 7)   # all seven calls are blocked
         print("main ends", flush=True)
     """)
     try:
