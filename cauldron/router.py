@@ -152,7 +152,8 @@ class RouterService(service.Service):
     def _handleLease(self, request):
         lease = self.leases.lease(request.service, request.host, request.instance,
                                   self._now(), avoid=request.avoid,
-                                  ttl=self._ttl(request.interval))
+                                  ttl=self._ttl(request.interval),
+                                  protocol=_protocol(request.protocol))
         self._say(1, "leased {d}/{b} to {service} on {host}", d=lease.dispatchPort,
                   b=lease.broadcastPort, service=lease.service, host=lease.host)
         return self._leased(request.id, lease)
@@ -160,7 +161,8 @@ class RouterService(service.Service):
     def _handleRegister(self, request):
         lease = self.leases.register(request.service, request.host, request.instance,
                                      request.dispatchPort, request.broadcastPort, self._now(),
-                                     ttl=self._ttl(request.interval))
+                                     ttl=self._ttl(request.interval),
+                                     protocol=_protocol(request.protocol))
         self._say(1, "{service} on {host} registered ports {d}/{b}", service=lease.service,
                   host=lease.host, d=lease.dispatchPort, b=lease.broadcastPort)
         return self._leased(request.id, lease)
@@ -180,11 +182,10 @@ class RouterService(service.Service):
         if lease is None:
             raise UnknownService(f"no service {request.service.lower()!r} is registered "
                                  f"with the router at {self.address}")
-        protocol = self.config.get("zmq", "protocol")
         return Location(
             request.id, lease.service, lease.host,
-            bindAddress(protocol, lease.host, lease.dispatchPort),
-            bindAddress(protocol, lease.host, lease.broadcastPort),
+            bindAddress(lease.protocol, lease.host, lease.dispatchPort),
+            bindAddress(lease.protocol, lease.host, lease.broadcastPort),
         )
 
     def _handleList(self, request):
@@ -208,3 +209,10 @@ class RouterService(service.Service):
         ListServices: _handleList,
         Ping: _handlePing,
     }
+
+
+def _protocol(name):
+    """The dispatcher's transport, as the router will hand it to clients."""
+    if name not in ("tcp", "ipc"):
+        raise ProtocolError(f"unknown transport protocol {name!r}: expected tcp or ipc")
+    return name

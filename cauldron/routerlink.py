@@ -113,6 +113,7 @@ class RouterLink:
         self.bindHost = self.config.get("zmq", "host")
         #: what the router tells clients: a wildcard is no address to connect to
         self.host = advertisedHost(self.bindHost)
+        self.protocol = self.config.get("zmq", "protocol")
         self.spawnedRouter = None
         self._transport = transport
         self._channel = routerChannel(self.config, transport)
@@ -138,11 +139,10 @@ class RouterLink:
         avoid = []
         for _ in range(MAX_BIND_ATTEMPTS):
             leased = yield self._lease(avoid)
-            protocol = self.config.get("zmq", "protocol")
             try:
                 addresses = self.dispatcher.bind(
-                    bindAddress(protocol, self.bindHost, leased.dispatchPort),
-                    bindAddress(protocol, self.bindHost, leased.broadcastPort),
+                    bindAddress(self.protocol, self.bindHost, leased.dispatchPort),
+                    bindAddress(self.protocol, self.bindHost, leased.broadcastPort),
                 )
             except AddressInUse as e:
                 log.warn("{service}: {address} is taken on this host; asking for other ports",
@@ -164,7 +164,7 @@ class RouterLink:
             try:
                 leased = yield self._channel.request(
                     lambda i: Lease(i, self.service, self.host, self.instance, list(avoid),
-                                    self.dispatcher.heartbeatInterval),
+                                    self.dispatcher.heartbeatInterval, self.protocol),
                     f"lease ports for {self.service}",
                 )
                 return leased
@@ -247,7 +247,7 @@ class RouterLink:
         return self._channel.request(
             lambda i: Register(
                 i, self.service, self.host, self.instance, *self._ports,
-                self.dispatcher.heartbeatInterval,
+                self.dispatcher.heartbeatInterval, self.protocol,
             ),
             f"register {self.service}",
         )

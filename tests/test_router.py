@@ -12,9 +12,9 @@ from twisted.trial import unittest
 from cauldron import config, keywords
 from cauldron.client import ClientService
 from cauldron.dispatcher import DispatcherService
-from cauldron.errors import LeaseError, RouterUnavailable, UnknownService
+from cauldron.errors import LeaseError, ProtocolError, RouterUnavailable, UnknownService
 from cauldron.protocol import codec
-from cauldron.protocol.messages import ListServices, Ping, Pong, ServiceList
+from cauldron.protocol.messages import Lease, ListServices, Ping, Pong, ServiceList
 from cauldron.requests import RequestChannel
 from cauldron.router import RouterService
 from cauldron.transport import Transport, bindAddress, portOf
@@ -176,6 +176,20 @@ class LeaseTests(RouterTestCase):
                                  portOf(dispatcher.broadcastAddress)))
 
     @defer.inlineCallbacks
+    def test_unknownTransportRefused(self):
+        """A lease for a transport clients cannot use is refused, naming it."""
+        router, cfg = self.routerAndConfig()
+        transport = Transport(globalReactor)
+        self.addCleanup(transport.shutdown)
+        channel = RequestChannel(transport, cfg.routerAddress(), "router", 2.0)
+        self.addCleanup(channel.close)
+        error = yield self.assertFailure(
+            channel.request(lambda i: Lease(i, "demo", HOST, "i1", [], 1.0, "udp"), "lease"),
+            ProtocolError)
+        self.assertIn("'udp'", str(error))
+        self.assertIsNone(router.leases.locate("demo", router._now()))
+
+    @defer.inlineCallbacks
     def test_malformedInputSurvived(self):
         """Random frames sent to the router are counted and it keeps answering."""
         router, cfg = self.routerAndConfig()
@@ -335,15 +349,15 @@ class RecoveryTests(RouterTestCase):
 
     @defer.inlineCallbacks
     def test_ipcDispatcherRegistersAgain(self):
-        """A dispatcher on ipc addresses registers its leased pair again after a router restart."""
+        """An ipc dispatcher registers again after a router restart and is located as ipc."""
         folder = tempfile.mkdtemp(prefix="cauldron-ipc-")
         self.addCleanup(shutil.rmtree, folder, True)
-        router, cfg = self.routerAndConfig()
-        cfg = cfg.replace("zmq", "protocol", "ipc").replace("zmq", "host", folder + "/svc")
+        router, routerCfg = self.routerAndConfig()  # the router's own [zmq] says tcp
+        cfg = routerCfg.replace("zmq", "protocol", "ipc").replace("zmq", "host", folder + "/svc")
         dispatcher = yield self.startDispatcher(cfg, "ipcsvc")
         self.assertTrue(dispatcher.dispatchAddress.startswith("ipc://"))
         router.stopService()
-        reborn = self.startRouter(cfg)
+        reborn = self.startRouter(routerCfg)
         yield eventually(lambda: reborn.leases.locate("ipcsvc", reborn._now()) is not None, 3.0)
         remote = yield self.startClient(cfg).service("ipcsvc")
         self.assertEqual((yield remote["TEMP"].read()), "1.0")

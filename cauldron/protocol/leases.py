@@ -42,6 +42,8 @@ class Lease:
     granted: float
     renewed: float
     ttl: float
+    #: how the dispatcher's addresses are reached (``tcp`` or ``ipc``)
+    protocol: str = "tcp"
 
     @property
     def ports(self) -> tuple[int, int]:
@@ -178,6 +180,7 @@ class LeaseTable:
         now: float,
         avoid: Iterable[int] = (),
         ttl: float | None = None,
+        protocol: str = "tcp",
     ) -> Lease:
         """Grant the service a port pair, or give its live lease back to the same instance.
 
@@ -194,7 +197,8 @@ class LeaseTable:
             if held.instance != instance:
                 raise self._conflict(held, now)
             if avoided.isdisjoint(held.ports) and held.host == host:
-                return self._store(dataclasses.replace(held, renewed=now, ttl=self._ttl(ttl)))
+                return self._store(dataclasses.replace(
+                    held, renewed=now, ttl=self._ttl(ttl), protocol=protocol))
         if held is not None:
             self._drop(held)
         pair = self._choose(name, host, avoided)
@@ -203,7 +207,7 @@ class LeaseTable:
                 self._store(held)  # a failed request changes nothing
             raise LeaseError(self._exhausted(host, avoided))
         return self._store(
-            Lease(name, host, instance, pair[0], pair[1], now, now, self._ttl(ttl))
+            Lease(name, host, instance, pair[0], pair[1], now, now, self._ttl(ttl), protocol)
         )
 
     def register(
@@ -215,6 +219,7 @@ class LeaseTable:
         broadcastPort: int,
         now: float,
         ttl: float | None = None,
+        protocol: str = "tcp",
     ) -> Lease:
         """Record ports a dispatcher already has bound (after a router restart, or fixed ports).
 
@@ -242,10 +247,12 @@ class LeaseTable:
                     f"expiring in {_seconds(other.expiresIn(now))} s"
                 )
         if held is not None and held.ports == (dispatchPort, broadcastPort) and held.host == host:
-            return self._store(dataclasses.replace(held, renewed=now, ttl=self._ttl(ttl)))
+            return self._store(dataclasses.replace(
+                held, renewed=now, ttl=self._ttl(ttl), protocol=protocol))
         if held is not None:
             self._drop(held)
-        lease = Lease(name, host, instance, dispatchPort, broadcastPort, now, now, self._ttl(ttl))
+        lease = Lease(name, host, instance, dispatchPort, broadcastPort, now, now,
+                      self._ttl(ttl), protocol)
         return self._store(lease)
 
     def renew(self, service: str, instance: str, now: float) -> Lease:

@@ -212,7 +212,8 @@ class Lease(_Message, tag="lease"):
     """Ask the router for a port pair; ``avoid`` lists ports found taken on ``host``.
 
     ``interval`` is the dispatcher's heartbeat interval: its lease lives for
-    three of them (at least the router's own lease lifetime).
+    three of them (at least the router's own lease lifetime).  ``protocol``
+    (``tcp`` or ``ipc``) is how clients reach the dispatcher's addresses.
     """
 
     id: int
@@ -221,6 +222,7 @@ class Lease(_Message, tag="lease"):
     instance: str
     avoid: list[int] = []
     interval: float = 1.0
+    protocol: str = "tcp"
 
 
 class Register(_Message, tag="register"):
@@ -233,6 +235,7 @@ class Register(_Message, tag="register"):
     dispatchPort: int
     broadcastPort: int
     interval: float = 1.0
+    protocol: str = "tcp"
 
 
 class Renew(_Message, tag="renew"):
