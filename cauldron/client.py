@@ -5,11 +5,13 @@ start it yourself.  ``client.service("demo")`` fires with a
 :class:`RemoteService` whose keywords (:class:`RemoteKeyword`) know their
 type and metadata from the dispatcher's ``describe`` answer.
 
-Every request has a deadline.  Monitors are gap-free: they subscribe first,
-then read a snapshot, then drop broadcasts older than the snapshot; a gap in
-the per-keyword sequence numbers or a heartbeat announcing a newer sequence
-triggers a re-read.  A dispatcher that misses three heartbeats is reported
-disconnected; when it is heard again its monitors are primed again.
+Every request has a deadline.  Monitors never show a stale value: a monitor
+is primed by the dispatcher's answer to its subscription (the current
+value, which also proves the subscription is live), then receives every
+newer change in order; a gap in the per-keyword sequence numbers, a
+heartbeat announcing a newer sequence or a lost heartbeat triggers a
+re-read.  A dispatcher silent for three heartbeats is reported disconnected;
+when it is heard again its monitors are primed again.
 """
 
 import math

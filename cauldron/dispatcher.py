@@ -2,7 +2,8 @@
 
 A :class:`DispatcherService` answers commands on its dispatch socket (a
 ROUTER: replies go back to the socket identity that asked) and publishes
-every value change, plus a heartbeat, on its broadcast socket (a PUB).
+every value change, plus a heartbeat, on its broadcast socket (an XPUB, which
+also answers each new subscription with the keyword's current value).
 
 Writes run check -> prewrite -> write -> postwrite exactly once and are
 answered after they complete; any hook may return a Deferred.  Writes to one
