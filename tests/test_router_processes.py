@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -182,6 +183,13 @@ class Processes:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        # A router started as a process logs to the temporary folder.
+        port = configparser.ConfigParser()
+        port.read(self.setup.config)
+        log = os.path.join(tempfile.gettempdir(),
+                           "cauldron-router-%s.log" % (port["zmq-router"]["port"],))
+        if os.path.exists(log):
+            os.unlink(log)
 
 
 @pytest.fixture
