@@ -372,6 +372,8 @@ _COMMANDS = {
 
 
 def _binaryText(value):
+    if value is None:
+        return ""  # no value, as in the ascii form: never Python's 'None'
     if isinstance(value, (list, tuple)):
         return "[%s]" % ", ".join(_binaryText(v) for v in value)
     return str(value)

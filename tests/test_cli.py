@@ -64,6 +64,10 @@ description = "Serial number"
 [GAINS]
 type = "double array"
 initial = [1.0, 2.0]
+
+[UNSET]
+type = "double"
+description = "Never given a value"
 """
 
 
@@ -159,6 +163,13 @@ def test_showBinary(dispatcher):
     assert result.stdout == "MODE = 0\nGAINS = [1.0, 2.0]\nTEMP = 20.0\n"
 
 
+def test_showNoValue(dispatcher):
+    """A keyword that never had a value shows as empty in both forms, never as 'None'."""
+    for argv in (["UNSET"], ["--binary", "UNSET"]):
+        result = dispatcher.run("show", "-s", "demo", *argv)
+        assert (result.returncode, result.stdout) == (0, "UNSET = \n"), result
+
+
 def test_modifyRoundTrip(dispatcher):
     """A value with a colon, spaces and '=' round-trips through modify and show."""
     result = dispatcher.run("modify", "-s", "demo", "STATUS=ready: all good")
@@ -244,7 +255,7 @@ def test_describeAll(dispatcher):
     result = dispatcher.run("describe", "-s", "demo")
     assert result.returncode == 0, result
     names = [line.split()[0] for line in result.stdout.splitlines()]
-    assert names == ["COUNTER", "GAINS", "MODE", "SERIAL", "STATUS", "TEMP"]
+    assert names == ["COUNTER", "GAINS", "MODE", "SERIAL", "STATUS", "TEMP", "UNSET"]
 
 
 def test_unknownKeyword(dispatcher):
