@@ -416,6 +416,14 @@ class Service:
                 self._keywords[name] = keyword
         return keyword
 
+    def isAlive(self):
+        """True while the dispatcher's heartbeats arrive (KTL's ``isAlive``).
+
+        False once it missed three of them; True again when it is heard.
+        Reading a flag set in the reactor thread needs no round trip.
+        """
+        return self._remote.connected
+
     def has_keyword(self, name):
         """Whether the service serves ``name`` (case-insensitive)."""
         return isinstance(name, str) and name in self._remote
@@ -550,6 +558,10 @@ class Keyword:
         raise KeyError(key)
 
     # -- read and write
+
+    def isAlive(self):
+        """True while this keyword's dispatcher is heard (see :meth:`Service.isAlive`)."""
+        return self._remote.service.connected
 
     def read(self, binary=False, both=False, wait=True, timeout=None):
         """The current value from the dispatcher: ascii, binary or ``(binary, ascii)``.

@@ -593,6 +593,45 @@ def test_concurrent_reads_and_writes_from_threads(svc, cfg):
     assert all(s is svc for s in services)
 
 
+def test_is_alive_follows_the_heartbeats():
+    """isAlive() turns False when the dispatcher stops, True when it serves again."""
+
+    def startAlive(dispatchPort=0, broadcastPort=0):
+        @crochet.wait_for(WAIT)
+        def start():
+            from twisted.internet import reactor
+
+            dispatcher = DispatcherService(
+                "alive", directConfig(dispatchPort, broadcastPort),
+                [keywords.Integer("N", initial=1)], reactor=reactor, heartbeatInterval=0.1)
+            dispatcher.startService()
+            return dispatcher.whenReady().addCallback(lambda addresses: (dispatcher, addresses))
+
+        return start()
+
+    def until(predicate):
+        deadline = time.monotonic() + WAIT
+        while not predicate():
+            assert time.monotonic() < deadline, "not reached in time"
+            threading.Event().wait(0.01)
+
+    first, (dispatch, broadcast) = startAlive()
+    cfg = directConfig(portOf(dispatch), portOf(broadcast))
+    svc = ktl.Service("alive", cfg)
+    try:
+        assert svc.isAlive() and svc["N"].isAlive()
+        crochet.wait_for(WAIT)(first.stopService)()
+        until(lambda: not svc.isAlive())
+        assert not svc["N"].isAlive()
+        second, _ = startAlive(portOf(dispatch), portOf(broadcast))
+        try:
+            until(svc.isAlive)
+        finally:
+            crochet.wait_for(WAIT)(second.stopService)()
+    finally:
+        svc.shutdown()
+
+
 def test_shutdown_then_use_again(cfg):
     before = ktl.Service("demo", cfg)
     ktl.shutdown()
