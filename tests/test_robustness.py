@@ -1,5 +1,7 @@
 """Regression tests for robustness fixes: wrong services, lost heartbeats, floods, hangs, leaks."""
 
+import threading
+
 from helpers import (
     eventually,
     startClient,
@@ -419,3 +421,40 @@ class UnsendableAnswerTests(unittest.TestCase):
         self.assertLess(globalReactor.seconds() - start, 2)
         self.assertIn("exceeds", str(error))
         self.assertEqual((yield remote.describe(["TEXT0"]))[0]["binary"], "y" * 300_000)
+
+
+class InputFloodTests(unittest.TestCase):
+    """A flood of input cannot starve the reactor (reliability.md, L1)."""
+
+    @defer.inlineCallbacks
+    def test_floodDoesNotFakeADeadDispatcher(self):
+        """200,000 junk messages leave heartbeats on time: no false disconnect, still serving."""
+        dispatcher, _, remote = yield startPair(
+            self, [keywords.Integer("N", initial=1)], heartbeatInterval=0.1)
+        yield eventually(lambda: remote.heartbeatInterval == 0.1)
+        verdicts = []
+        remote.addStateCallback(lambda r: verdicts.append(r.connected))
+        count = 200_000
+        flooder = threading.Thread(target=_flood, args=(dispatcher.dispatchAddress, count))
+        flooder.start()
+        self.addCleanup(flooder.join, 30)
+        yield eventually(lambda: dispatcher.malformed.count >= count, timeout=60)
+        self.assertEqual(verdicts, [])  # never reported dead while flooded
+        self.assertTrue(remote.connected)
+        self.assertEqual((yield remote["N"].read()), "1")
+
+
+def _flood(address, count):
+    """Send ``count`` undecodable messages from a plain pyzmq socket in its own thread."""
+    import zmq
+
+    context = zmq.Context()
+    socket = context.socket(zmq.DEALER)
+    socket.set(zmq.SNDHWM, 0)
+    socket.connect(address)
+    try:
+        for i in range(count):
+            socket.send_multipart([codec.VERSION, b"\xc1junk%d" % i])
+    finally:
+        socket.close(linger=5000)
+        context.term()
