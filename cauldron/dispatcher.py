@@ -102,7 +102,7 @@ class DispatcherService(service.Service):
         self.config = _config.load(config)
         self.reactor = reactor
         self.heartbeatInterval = heartbeatInterval
-        self.epoch = f"{os.getpid():x}-{uuid.uuid4().hex[:12]}"
+        self.epoch = _newEpoch()
         self.dispatchAddress = None
         self.broadcastAddress = None
         self.malformed = RateLimitedCounter("malformed messages", reactor)
@@ -212,6 +212,10 @@ class DispatcherService(service.Service):
 
     def startService(self):
         super().startService()
+        # Every run is a new epoch: clients re-prime, and the router tells
+        # this run's lease from the previous run's (whose release may still
+        # be on its way).
+        self.epoch = _newEpoch()
         self._ready = None
         self._transport = Transport(self.reactor)
         for keyword in self._keywords.values():
@@ -558,3 +562,8 @@ def _encoded(encode, message):
     if len(frames[-1]) > codec.MAX_MESSAGE_SIZE:
         return None, f"the answer exceeds {codec.MAX_MESSAGE_SIZE} bytes"
     return frames, None
+
+
+def _newEpoch():
+    """An id for one run of a dispatcher: unique across processes and restarts."""
+    return f"{os.getpid():x}-{uuid.uuid4().hex[:12]}"

@@ -212,6 +212,7 @@ class RestartTests(unittest.TestCase):
         dispatcher.startService()
         self.addCleanup(lambda: dispatcher.running and dispatcher.stopService())
         yield dispatcher.whenReady()
+        firstRun = dispatcher.epoch
         stopping = dispatcher.stopService()
         dispatcher.startService()
         addresses = yield dispatcher.whenReady()
@@ -219,6 +220,10 @@ class RestartTests(unittest.TestCase):
         yield stopping  # the old run is fully released: nothing of the new one may close
         self.assertIsNotNone(dispatcher._transport)
         self.assertFalse(dispatcher._routerSocket.closed)
+        # Each run is its own epoch, so the old run's release, in whatever
+        # order it reached the router, cannot drop the new run's lease.
+        self.assertNotEqual(dispatcher.epoch, firstRun)
+        self.assertEqual(router.leases.locate("demo", router._now()).instance, dispatcher.epoch)
         client = ClientService(cfg, reactor=globalReactor, timeout=2)
         client.startService()
         self.addCleanup(client.stopService)
