@@ -248,7 +248,7 @@ class DispatcherService(service.Service):
         router = self._transport.router(self._received)
         try:
             dispatch = router.bind(dispatchAddress)
-            publisher = self._transport.publisher(self._subscribed)
+            publisher = self._transport.publisher(self._subscribed, isTopic=self._isTopic)
             try:
                 broadcast = publisher.bind(broadcastAddress)
             except Exception:
@@ -328,6 +328,14 @@ class DispatcherService(service.Service):
             log.error("{kw}: cannot broadcast: {problem}", kw=keyword.name, problem=problem)
             return
         self._publisher.send(frames)
+
+    def _isTopic(self, topic):
+        """Whether subscribing to ``topic`` can ever bring a subscriber anything."""
+        if topic == codec.HEARTBEAT_TOPIC:
+            return True
+        name = codec.keywordOfTopic(topic)
+        keyword = self._keywords.get(name) if name else None
+        return keyword is not None and not keyword.writeonly
 
     def _subscribed(self, topic):
         """A subscriber's subscription is live: send it the keyword's current value.

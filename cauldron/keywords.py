@@ -38,6 +38,7 @@ __all__ = [
     "MASK_BITS",
     "MAX_TEXT_BYTES",
     "MAX_ARRAY_LENGTH",
+    "MAX_NAME_BYTES",
 ]
 
 INT32_MIN = -(2**31)
@@ -50,6 +51,9 @@ INT64_MAX = 2**63 - 1
 MAX_TEXT_BYTES = 256 * 1024
 #: the most elements of an array value
 MAX_ARRAY_LENGTH = 16384
+#: the longest keyword name, in UTF-8 bytes: it bounds what a subscription
+#: to a keyword's broadcast topic may cost a dispatcher
+MAX_NAME_BYTES = 128
 #: the longest text given for a non-text value (a number, or an array's text)
 _MAX_INPUT_CHARS = 64 * MAX_ARRAY_LENGTH
 #: how much of a rejected value a message shows
@@ -875,6 +879,8 @@ class DoubleArray(_Array):
 def _checkName(name):
     if not isinstance(name, str) or not name or any(c.isspace() for c in name):
         raise BadValue(f"bad keyword name {name!r}: it must be non-empty text without spaces")
+    if len(name.upper().encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise BadValue(f"bad keyword name {name[:40]!r}...: longer than {MAX_NAME_BYTES} bytes")
     return name.upper()
 
 

@@ -314,7 +314,7 @@ class Transport:
     def dealer(self, onMessage):
         return DealerConnection(self._factory, onMessage)
 
-    def publisher(self, onSubscribe=None):
+    def publisher(self, onSubscribe=None, isTopic=None):
         return PublisherConnection(self._factory, onSubscribe)
 
     def subscriber(self, onMessage):
