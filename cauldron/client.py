@@ -15,11 +15,12 @@ when it is heard again its monitors are primed again.
 """
 
 import math
+import time
 from collections import deque, namedtuple
 
 from twisted.application import service
 from twisted.internet import defer, task
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from cauldron import config as _config
@@ -27,6 +28,7 @@ from cauldron import keywords as _keywords
 from cauldron.errors import (
     BadValue,
     CauldronError,
+    NotOwner,
     ProtocolError,
     ServiceUnavailable,
     UnknownKeyword,
@@ -45,7 +47,7 @@ from cauldron.protocol.messages import (
 )
 from cauldron.requests import RequestChannel
 from cauldron.routerlink import WILDCARD_HOSTS
-from cauldron.serving import RateLimitedCounter
+from cauldron.serving import RateLimitedCounter, RateLimitedLog
 from cauldron.transport import Transport, bindAddress
 
 __all__ = ["ClientService", "RemoteService", "RemoteKeyword", "KeywordValue", "Subscription"]
@@ -59,6 +61,10 @@ DEFAULT_HEARTBEAT = 1.0
 DESCRIBE_CHUNK = 16
 #: the liveness check never runs more often than this (a hostile interval of 0)
 MIN_CHECK_PERIOD = 0.01
+#: clock readings of a dispatcher kept to bound the offset between the clocks
+CLOCK_SAMPLES = 8
+#: seconds between two questions to the router while it still names a refusing owner
+RELOCATE_RETRY = 0.05
 
 KeywordValue = namedtuple("KeywordValue", "name binary ascii sequence timestamp epoch")
 KeywordValue.__doc__ = "One value of a keyword, as the dispatcher published it."
@@ -126,7 +132,7 @@ class ClientService(service.Service):
         return mine
 
     def _locate(self, name):
-        """``(dispatchAddress, broadcastAddress)`` of service ``name``."""
+        """``(dispatchAddress, broadcastAddress, owner)`` of service ``name``."""
         if self._locator is not None:
             return self._locator.locate(name)
         protocol, host = self.config.get("zmq", "protocol"), self.config.get("zmq", "host")
@@ -135,10 +141,11 @@ class ClientService(service.Service):
         return defer.succeed((
             bindAddress(protocol, host, self.config.get("zmq", "dispatch-port")),
             bindAddress(protocol, host, self.config.get("zmq", "broadcast-port")),
+            "",
         ))
 
-    def _connectService(self, addresses, name):
-        remote = RemoteService(self, name, *addresses)
+    def _connectService(self, where, name):
+        remote = RemoteService(self, name, *where)
         self._loading.add(remote)
         d = remote.load()
         d.addErrback(_closeAndFail, remote)
@@ -180,42 +187,51 @@ class RemoteService:
 
     :ivar connected: False while the dispatcher misses its heartbeats.
     :ivar epoch: identifies the dispatcher's current run; a restart changes it.
+    :ivar owner: the run the router named (requests carry it; "" without a router).
     """
 
-    def __init__(self, client, name, dispatchAddress, broadcastAddress):
+    def __init__(self, client, name, dispatchAddress, broadcastAddress, owner="",
+                 wallClock=time.time):
         self.name = name
         self.dispatchAddress = dispatchAddress
         self.broadcastAddress = broadcastAddress
+        self.owner = owner
         self.connected = False
         self.epoch = None
         self.heartbeatInterval = DEFAULT_HEARTBEAT
         self._client = client
         self._reactor = client.reactor
+        self._wallClock = wallClock
         self._keywords = {}
         self._staleEpochs = deque(maxlen=16)  # recent runs whose late messages we drop
         self._lastBeat = None
+        self._clockOffsets = deque(maxlen=CLOCK_SAMPLES)
+        self._clockEpoch = None
         self.malformed = RateLimitedCounter(f"malformed broadcasts from {name}", client.reactor)
+        self._notices = RateLimitedLog(client.reactor, burst=5)
         self._stateCallbacks = []
         self._lastHeard = self._reactor.seconds()
         self._closed = False
-        self._relocating = False
+        self._relocating = None
+        self._watchdog = None
         transport = client._transport
         self._transport = transport
-        self._channel = RequestChannel(
-            transport, dispatchAddress, f"service {name!r} at {dispatchAddress}",
-            client.timeout,
-        )
+        self._channel = self._newChannel()
         self._subscriber = transport.subscriber(self._received)
         self._subscriber.connect(broadcastAddress)
         self._subscriber.subscribe(codec.HEARTBEAT_TOPIC)
-        self._watchdog = task.LoopingCall(self._checkLiveness)
-        self._watchdog.clock = self._reactor
+
+    def _newChannel(self):
+        return RequestChannel(
+            self._transport, self.dispatchAddress,
+            f"service {self.name!r} at {self.dispatchAddress}", self._client.timeout,
+        )
 
     # -- setup and teardown
 
     def load(self):
         """Describe every keyword; fires with self once known."""
-        d = self.request(lambda i: Describe(i, None, self.name), "describe")
+        d = self.request(lambda i, dl, o: Describe(i, None, self.name, dl, o), "describe")
         d.addErrback(self._describeInParts)
         d.addCallback(self._described)
         return d
@@ -224,15 +240,16 @@ class RemoteService:
     def _describeInParts(self, failure):
         """A service too large to describe in one message is described in parts."""
         failure.trap(BadValue)
-        listing = yield self.request(lambda i: ListKeywords(i, self.name), "list")
+        listing = yield self.request(lambda i, dl, o: ListKeywords(i, self.name, dl, o), "list")
         if not listing.names:
             return failure
         keywords = []
         for start in range(0, len(listing.names), DESCRIBE_CHUNK):
             names = listing.names[start:start + DESCRIBE_CHUNK]
-            part = yield self.request(lambda i, n=names: Describe(i, n, self.name), "describe")
+            part = yield self.request(
+                lambda i, dl, o, n=names: Describe(i, n, self.name, dl, o), "describe")
             keywords.extend(part.keywords)
-        return Description(part.id, part.service, part.epoch, keywords, part.heartbeat)
+        return Description(part.id, part.service, part.epoch, keywords, part.heartbeat, part.now)
 
     def _described(self, description):
         if description.service != self.name:
@@ -241,12 +258,13 @@ class RemoteService:
                 f"(the dispatcher there serves {description.service!r})"
             )
         self._noteEpoch(description.epoch)
+        self._noteClock(description.epoch, description.now)
         self._setHeartbeatInterval(description.heartbeat)
         for info in description.keywords:
             keyword = RemoteKeyword(self, info)
             self._keywords[keyword.name] = keyword
         self._heard()
-        self._watchdog.start(_checkPeriod(self.heartbeatInterval), now=False)
+        self._scheduleWatchdog()
         return self
 
     def close(self):
@@ -254,12 +272,13 @@ class RemoteService:
         if self._closed:
             return
         self._closed = True
-        if self._watchdog.running:
-            self._watchdog.stop()
+        self._cancelWatchdog()
         for keyword in self._keywords.values():
             keyword._close()
         self._channel.close()
         self._transport.close(self._subscriber)
+        self.malformed.stop()
+        self._notices.stop()
 
     # -- keywords
 
@@ -284,20 +303,88 @@ class RemoteService:
     def describe(self, names=None):
         """Fresh metadata and values: a Deferred firing with a list of dicts."""
         names = None if names is None else [self[n].name for n in names]
-        d = self.request(lambda i: Describe(i, names, self.name), "describe")
+        d = self.request(lambda i, dl, o: Describe(i, names, self.name, dl, o), "describe")
         d.addCallback(lambda description: description.keywords)
         return d
 
-    # -- requests and liveness
+    # -- requests
 
     def request(self, makeMessage, what, timeout=None):
-        """Send a request to the dispatcher; a Deferred with the reply message."""
+        """Send a request to the dispatcher; a Deferred with the reply message.
+
+        ``makeMessage(id, deadline, owner)`` builds the request: ``deadline``
+        is when the dispatcher must no longer start it, on the dispatcher's
+        clock; ``owner`` is the dispatcher run the router named.  A refusal
+        by a dispatcher that is not that owner sends the request again to
+        the one the router names now, within the same deadline.
+        """
+        timeout = self._client.timeout if timeout is None else timeout
+        d = self._send(makeMessage, what, timeout)
+        if self._client._locator is not None:
+            d.addErrback(self._notOwner, makeMessage, what, self._reactor.seconds() + timeout)
+        return d
+
+    def _send(self, makeMessage, what, timeout):
         if self._closed:
             return defer.fail(ServiceUnavailable(f"service {self.name!r}: connection closed"))
+        deadline = self._wallClock() + timeout - self._clockOffset()
+        owner = self.owner
         try:
-            return self._channel.request(makeMessage, f"{self.name}: {what}", timeout)
+            return self._channel.request(lambda i: makeMessage(i, deadline, owner),
+                                         f"{self.name}: {what}", timeout)
         except Exception:
             return defer.fail()
+
+    @defer.inlineCallbacks
+    def _notOwner(self, failure, makeMessage, what, giveUpAt):
+        """The dispatcher that answered is not the router's owner: ask, then send again.
+
+        The refused request never ran there, so sending it again is safe,
+        writes included.  While the router still names the refusing run (a
+        takeover being registered), ask again shortly, until the deadline.
+        """
+        failure.trap(NotOwner)
+        refused = self.owner
+        while True:
+            if self._closed:
+                return failure
+            try:
+                where = yield self._client._locator.locate(self.name)
+            except CauldronError:
+                return failure
+            if where[2] != refused or where[:2] != (self.dispatchAddress, self.broadcastAddress):
+                self._moveTo(where)
+                break
+            left = giveUpAt - self._reactor.seconds()
+            if left <= RELOCATE_RETRY:
+                return failure
+            yield task.deferLater(self._reactor, RELOCATE_RETRY, lambda: None)
+        left = giveUpAt - self._reactor.seconds()
+        if left <= 0:
+            return failure
+        result = yield self.request(makeMessage, what, left)
+        return result
+
+    # -- clocks: deadlines on the dispatcher's clock
+
+    def _noteClock(self, epoch, dispatcherNow):
+        """Bound how far our clock is ahead of the dispatcher's, from one of its readings.
+
+        ``ours - theirs`` read on arrival exceeds the true offset by the
+        transit time, so the smallest recent sample is a safe upper bound:
+        a deadline converted with it is never later than ours.
+        """
+        if not dispatcherNow:
+            return
+        if epoch != self._clockEpoch:  # another run, perhaps on another host
+            self._clockOffsets.clear()
+            self._clockEpoch = epoch
+        self._clockOffsets.append(self._wallClock() - dispatcherNow)
+
+    def _clockOffset(self):
+        return min(self._clockOffsets) if self._clockOffsets else 0.0
+
+    # -- liveness
 
     def addStateCallback(self, callback):
         """Call ``callback(remoteService)`` whenever :attr:`connected` changes."""
@@ -318,6 +405,7 @@ class RemoteService:
         self._noteEpoch(message.epoch)
         self._heard()  # any broadcast shows the dispatcher is alive
         if isinstance(message, Heartbeat):
+            self._noteClock(message.epoch, message.timestamp)
             self._setHeartbeatInterval(message.interval)
             self._checkBeat(message)
         elif isinstance(message, Update):
@@ -337,17 +425,16 @@ class RemoteService:
         self.epoch = epoch
         self._lastBeat = None
         if restarted:
-            log.info("service {name} restarted (epoch {epoch})", name=self.name, epoch=epoch)
+            self._notices("service {name} restarted (epoch {epoch})", level=LogLevel.info,
+                          name=self.name, epoch=epoch)
+            self._relocate()  # learn the new run's owner identity before it refuses us
             self._reprime()
 
     def _setHeartbeatInterval(self, interval):
-        """Follow the dispatcher's heartbeat interval, checking liveness as often."""
+        """Follow the dispatcher's heartbeat interval (the watchdog follows at its next run)."""
         if interval == self.heartbeatInterval or not math.isfinite(interval) or interval <= 0:
             return  # unchanged, or nonsense that would break the liveness check
         self.heartbeatInterval = interval
-        if self._watchdog.running:
-            self._watchdog.stop()
-            self._watchdog.start(_checkPeriod(interval), now=False)
 
     def _heard(self):
         self._lastHeard = self._reactor.seconds()
@@ -356,56 +443,88 @@ class RemoteService:
             self._setConnected(True)
             if wasKnown:
                 self._reprime()
+            self._scheduleWatchdog()
+
+    def _scheduleWatchdog(self):
+        """One timer, due when the dispatcher will have been silent for LIVENESS beats.
+
+        It is not moved by every message (that would cost a timer operation
+        per update); when it fires early it sets itself again.  While the
+        dispatcher is disconnected it fires every heartbeat to ask the router
+        where the service is.
+        """
+        if self._closed or not self._keywords:
+            return
+        if self.connected:
+            due = self._lastHeard + self._silenceLimit() - self._reactor.seconds()
+        else:
+            due = _checkPeriod(self.heartbeatInterval)
+        delay = max(due, MIN_CHECK_PERIOD)
+        if self._watchdog is not None and self._watchdog.active():
+            self._watchdog.reset(delay)
+        else:
+            self._watchdog = self._reactor.callLater(delay, self._checkLiveness)
+
+    def _cancelWatchdog(self):
+        if self._watchdog is not None and self._watchdog.active():
+            self._watchdog.cancel()
+        self._watchdog = None
+
+    def _silenceLimit(self):
+        return LIVENESS * self.heartbeatInterval
 
     def _checkLiveness(self):
-        if not self.connected:
-            self._relocate()
+        self._watchdog = None
+        if self._closed:
             return
-        if self._silent():
+        if self.connected and self._silent():
             # Heartbeats may wait unread because this process was busy: read
             # them before calling the dispatcher dead.
             self._subscriber.doRead()
-            if not self._silent():
-                return
-            log.warn("service {name} missed {n} heartbeats: disconnected",
-                     name=self.name, n=LIVENESS)
+        if self.connected and self._silent():
+            self._notices("service {name} missed {n} heartbeats: disconnected",
+                          name=self.name, n=LIVENESS)
             self._setConnected(False)
             self._channel.failAll(ServiceUnavailable(
                 f"service {self.name!r} at {self.dispatchAddress} stopped answering; "
                 "the outcome of requests in flight is unknown"
-            ))
-            self._channel.reset()
+            ), reconnect=True)
+        if not self.connected:
+            self._relocate()
+        self._scheduleWatchdog()
 
     def _silent(self):
-        return self._reactor.seconds() - self._lastHeard > LIVENESS * self.heartbeatInterval
+        return self._reactor.seconds() - self._lastHeard >= self._silenceLimit()
 
     def _relocate(self):
-        """While disconnected, ask the router whether the service moved."""
+        """Ask the router where the service is now (it may have moved, or restarted)."""
         locator = self._client._locator
-        if locator is None or self._relocating or self._closed:
+        if locator is None or self._relocating is not None or self._closed:
             return
-        self._relocating = True
-        d = locator.locate(self.name)
+        d = self._relocating = locator.locate(self.name)
         d.addCallback(self._moveTo)
         # Not registered again yet, or no router: ask again next time.
         d.addErrback(lambda f: f.trap(CauldronError, defer.CancelledError) and None)
         d.addErrback(lambda f: log.failure("relocating {name} failed", f, name=self.name))
 
         def done(_):
-            self._relocating = False
+            self._relocating = None
 
         d.addBoth(done)
 
-    def _moveTo(self, addresses):
-        if self._closed or addresses == (self.dispatchAddress, self.broadcastAddress):
+    def _moveTo(self, where):
+        """Follow the router: a new owner, and new addresses if they changed."""
+        dispatchAddress, broadcastAddress, owner = where
+        if self._closed:
             return
-        log.info("service {name} moved to {addresses}", name=self.name, addresses=addresses)
-        self.dispatchAddress, self.broadcastAddress = addresses
+        self.owner = owner
+        if (dispatchAddress, broadcastAddress) == (self.dispatchAddress, self.broadcastAddress):
+            return
+        self._notices("service {name} moved to {addresses}", level=LogLevel.info,
+                      name=self.name, addresses=(dispatchAddress, broadcastAddress))
+        self.dispatchAddress, self.broadcastAddress = dispatchAddress, broadcastAddress
         self._channel.close(ServiceUnavailable(f"service {self.name!r} moved"))
-        self._channel = RequestChannel(
-            self._transport, self.dispatchAddress,
-            f"service {self.name!r} at {self.dispatchAddress}", self._client.timeout,
-        )
+        self._channel = self._newChannel()
         self._transport.close(self._subscriber)
         self._subscriber = self._transport.subscriber(self._received)
         self._subscriber.connect(self.broadcastAddress)
@@ -479,14 +598,17 @@ class RemoteKeyword:
 
     def read(self, binary=False, both=False, timeout=None):
         """A Deferred with the current value: ascii, binary, or ``(binary, ascii)``."""
-        d = self._request(lambda i: Read(i, self.name, self.service.name), "read", timeout)
+        d = self._request(self._readMessage, "read", timeout)
         d.addCallback(self._repliedSelect, binary, both)
         return d
 
     def _read(self, timeout=None):
-        d = self._request(lambda i: Read(i, self.name, self.service.name), "read", timeout)
+        d = self._request(self._readMessage, "read", timeout)
         d.addCallback(self._replied)
         return d
+
+    def _readMessage(self, requestId, deadline, owner):
+        return Read(requestId, self.name, self.service.name, deadline, owner)
 
     def _request(self, makeMessage, verb, timeout):
         return self.service.request(makeMessage, f"{verb} {self.name}", timeout)
@@ -497,8 +619,12 @@ class RemoteKeyword:
     def write(self, value, timeout=None):
         """Write ``value``; fires with the new ascii value once the dispatcher completed it.
 
-        A write is sent once and never retried: after a timeout its outcome is
-        unknown.
+        A write that may have run is never sent again.  The dispatcher never
+        starts it after its deadline, so once the caller is told it failed it
+        cannot take effect later.  A :class:`~cauldron.errors.CauldronTimeout`
+        whose ``started`` is True means the dispatcher had begun a slow write,
+        which may still complete; otherwise the write did not start after
+        the deadline (it ran only if it finished before, its reply lost).
         """
         if isinstance(value, tuple):
             value = list(value)
@@ -507,7 +633,9 @@ class RemoteKeyword:
         except ValueError:
             return defer.fail(BadValue(f"{self.name}: cannot send {value!r}"))
         d = self._request(
-            lambda i: Write(i, self.name, value, self.service.name), "write", timeout
+            lambda i, deadline, owner: Write(i, self.name, value, self.service.name, deadline,
+                                             owner),
+            "write", timeout,
         )
         d.addCallback(self._replied)
         d.addCallback(lambda kv: kv.ascii)
@@ -608,8 +736,9 @@ class RemoteKeyword:
             return
         self._refreshAgain = False
         self._refreshing = d = self._read()
-        d.addErrback(lambda f: log.info("re-reading {kw} failed: {why}", kw=self,
-                                        why=f.getErrorMessage()))
+        d.addErrback(lambda f: self.service._notices(
+            "re-reading {kw} failed: {why}", level=LogLevel.info, kw=self,
+            why=f.getErrorMessage()))
         d.addBoth(self._refreshed)
 
     def _refreshed(self, _):
@@ -739,7 +868,7 @@ class Subscription:
             self._deliver(value)
 
     def _deliver(self, value):
-        if not self.keyword._isNewer(value, self._last):
+        if not self.active or not self.keyword._isNewer(value, self._last):
             return
         self._last = value
         try:

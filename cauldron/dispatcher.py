@@ -8,6 +8,12 @@ also answers each new subscription with the keyword's current value).
 Writes run check -> prewrite -> write -> postwrite exactly once and are
 answered after they complete; any hook may return a Deferred.  Writes to one
 keyword are queued in arrival order, while other keywords keep answering.
+
+A request is never started after its deadline (the client has given up by
+then), so a write its caller was told had failed never takes effect later,
+however long the network held it.  A dispatcher that learns from the router
+that another dispatcher now owns its service stops serving at once (it is
+*fenced*).
 """
 
 import os
@@ -17,7 +23,7 @@ from collections import deque
 
 from twisted.application import service
 from twisted.internet import defer, task
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from cauldron import config as _config
@@ -25,6 +31,7 @@ from cauldron.errors import (
     BadValue,
     CauldronError,
     HookError,
+    NotOwner,
     ReadOnly,
     ServiceUnavailable,
     UnknownKeyword,
@@ -42,14 +49,22 @@ from cauldron.protocol.messages import (
     Ping,
     Pong,
     Read,
+    Started,
     Update,
     Value,
     Write,
 )
-from cauldron.serving import RateLimitedCounter, answer
+from cauldron.serving import NO_REPLY, RateLimitedCounter, RateLimitedLog, answer
 from cauldron.transport import Transport, bindAddress
 
-__all__ = ["DispatcherService", "describeWithValue"]
+__all__ = [
+    "DispatcherService",
+    "describeWithValue",
+    "STOPPED",
+    "STARTING",
+    "SERVING",
+    "FENCED",
+]
 
 log = Logger()
 
@@ -57,6 +72,13 @@ log = Logger()
 MAX_QUEUED_WRITES = 100
 #: seconds between two answers to subscriptions of one keyword (floods coalesce)
 WELCOME_INTERVAL = 0.01
+
+#: the states of a dispatcher (:attr:`DispatcherService.state`)
+STOPPED = "stopped"
+STARTING = "starting"
+SERVING = "serving"
+#: another dispatcher owns the service now: this one stopped serving it
+FENCED = "fenced"
 
 
 def readable(keyword):
@@ -91,10 +113,16 @@ class DispatcherService(service.Service):
     :param reactor: the reactor to run on (defaults to the global one).
     :param heartbeatInterval: seconds between heartbeats on the broadcast
         channel and lease renewals with the router.
+    :param wallClock: seconds since the epoch, for request deadlines and
+        timestamps (``time.time`` unless a test replaces it).
+
+    :ivar state: :data:`STOPPED`, :data:`STARTING`, :data:`SERVING` or
+        :data:`FENCED`; see also :meth:`whenFenced`.
     """
 
     def __init__(
-        self, name, config=None, keywords=(), setup=None, reactor=None, heartbeatInterval=1.0
+        self, name, config=None, keywords=(), setup=None, reactor=None, heartbeatInterval=1.0,
+        wallClock=time.time,
     ):
         if reactor is None:
             from twisted.internet import reactor
@@ -103,9 +131,23 @@ class DispatcherService(service.Service):
         self.reactor = reactor
         self.heartbeatInterval = heartbeatInterval
         self.epoch = _newEpoch()
+        self.state = STOPPED
+        #: why the dispatcher was fenced (a LeaseConflict naming the new owner), or None
+        self.fenced = None
         self.dispatchAddress = None
         self.broadcastAddress = None
+        self._wallClock = wallClock
         self.malformed = RateLimitedCounter("malformed messages", reactor)
+        self.expired = RateLimitedCounter(
+            "requests that arrived after their deadline (the client had given up)", reactor,
+            level=LogLevel.info,
+        )
+        self._droppedReplies = RateLimitedCounter(
+            "replies to clients that had left", reactor, level=LogLevel.debug)
+        self._hookFailures = RateLimitedLog(reactor, burst=5)
+        self._run = 0
+        self._starting = None
+        self._fencedWaiters = []
         self._keywords = {}
         self._periods = {}
         self._writeQueues = {}
@@ -198,6 +240,16 @@ class DispatcherService(service.Service):
             self._readyWaiters.append(d)
         return d
 
+    def whenFenced(self):
+        """A Deferred firing with a :class:`~cauldron.errors.LeaseConflict` if
+        another dispatcher takes the service over (it names the new owner in
+        ``detail``); by then this one has stopped serving."""
+        if self.fenced is not None:
+            return defer.succeed(self.fenced)
+        d = defer.Deferred()
+        self._fencedWaiters.append(d)
+        return d
+
     def _fireReady(self, d):
         if isinstance(self._ready, Exception):
             d.errback(self._ready)
@@ -215,7 +267,10 @@ class DispatcherService(service.Service):
         # Every run is a new epoch: clients re-prime, and the router tells
         # this run's lease from the previous run's (whose release may still
         # be on its way).
+        self._run += 1
         self.epoch = _newEpoch()
+        self.state = STARTING
+        self.fenced = None
         self._ready = None
         self._transport = Transport(self.reactor)
         for keyword in self._keywords.values():
@@ -230,7 +285,9 @@ class DispatcherService(service.Service):
             d = self._router.start()
         else:
             d = defer.maybeDeferred(self._bindDirect)
-        d.addCallbacks(self._started, self._failedToStart)
+        self._starting = d
+        run = self._run
+        d.addCallbacks(self._started, self._failedToStart, (run,), None, (run,))
 
     def _bindDirect(self):
         protocol = self.config.get("zmq", "protocol")
@@ -261,10 +318,11 @@ class DispatcherService(service.Service):
         self.dispatchAddress, self.broadcastAddress = dispatch, broadcast
         return dispatch, broadcast
 
-    def _started(self, addresses):
-        if not self.running:
-            self._setReady(ServiceUnavailable(f"dispatcher {self.name} stopped while starting"))
-            return
+    def _started(self, addresses, run):
+        if run != self._run:
+            return  # a previous run's start, overtaken by a stop
+        self._starting = None
+        self.state = SERVING
         self._heartbeat = task.LoopingCall(self._beat)
         self._heartbeat.clock = self.reactor
         self._heartbeat.start(self.heartbeatInterval, now=True)
@@ -278,26 +336,31 @@ class DispatcherService(service.Service):
         )
         self._setReady(addresses)
 
-    def _failedToStart(self, failure):
-        if not self.running:
-            # Stopped while still starting (e.g. waiting for a lease): not an error.
-            self._setReady(ServiceUnavailable(f"dispatcher {self.name} stopped while starting"))
-            return
+    def _failedToStart(self, failure, run):
+        if run != self._run:
+            return None  # a previous run's outcome: the stop that ended it answered already
+        self._starting = None
         log.error("dispatcher {name} could not start: {why}", name=self.name,
                   why=failure.getErrorMessage())
         self._setReady(failure.value)
+        return None
 
     def stopService(self):
         super().stopService()
-        for loop in self._periods.values():
-            if loop.running:
-                loop.stop()
-        if self._heartbeat is not None and self._heartbeat.running:
-            self._heartbeat.stop()
-        self._heartbeat = None
+        self._run += 1  # whatever the ending run still has in flight is ignored
+        if self._starting is not None:
+            starting, self._starting = self._starting, None
+            starting.cancel()
+        if self._ready is None:
+            self._setReady(ServiceUnavailable(f"dispatcher {self.name} stopped while starting"))
+        self.state = STOPPED
+        self._stopServing(ServiceUnavailable(
+            f"dispatcher {self.name} stopped before this write started"))
         for welcome in self._welcomes.values():
             welcome.cancel()
         self._welcomes.clear()
+        for counter in (self.malformed, self.expired, self._droppedReplies, self._hookFailures):
+            counter.stop()
         # What this run opened is closed even if the service starts again
         # before the router answered our release.
         transport, self._transport = self._transport, None
@@ -309,6 +372,55 @@ class DispatcherService(service.Service):
         d.addBoth(lambda _: transport is not None and transport.shutdown())
         self.dispatchAddress = self.broadcastAddress = None
         return d
+
+    def _stopServing(self, error):
+        """Stop heartbeats and periodic reads; writes not yet started fail with ``error``.
+
+        A write whose hooks are running completes (hardware cannot be
+        un-moved), but nothing queued behind it ever reaches the hardware.
+        """
+        for loop in self._periods.values():
+            if loop.running:
+                loop.stop()
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
+        self._heartbeat = None
+        queues, self._writeQueues = self._writeQueues, {}
+        for queue in queues.values():
+            waiting = list(queue)[1:]  # the first is running
+            while len(queue) > 1:
+                queue.pop()
+            for entry in waiting:
+                entry.finished.errback(error)
+
+    def fence(self, conflict):
+        """Another dispatcher owns the service now: stop serving it at once.
+
+        Called by the router link when the router names another owner.  The
+        sockets close, so clients still talking to this dispatcher get no
+        answers and ask the router again; :meth:`whenFenced` waiters learn
+        who took over.
+        """
+        if self.state != SERVING:
+            return
+        self.state = FENCED
+        self.fenced = conflict
+        detail = conflict.detail
+        log.critical(
+            "dispatcher {name} fenced: service {name!r} is now served by another dispatcher "
+            "on host {host} (ports {dispatch}/{broadcast}); stopped serving it",
+            name=self.name, host=detail.get("host", "?"),
+            dispatch=detail.get("dispatchPort", "?"), broadcast=detail.get("broadcastPort", "?"),
+        )
+        self._stopServing(ServiceUnavailable(
+            f"dispatcher {self.name} lost its service to another dispatcher"))
+        for socket in (self._routerSocket, self._publisher):
+            if socket is not None:
+                self._transport.close(socket, discard=True)
+        self._routerSocket = self._publisher = None
+        waiters, self._fencedWaiters = self._fencedWaiters, []
+        for d in waiters:
+            d.callback(conflict)
 
     # -- broadcasting
 
@@ -367,7 +479,7 @@ class DispatcherService(service.Service):
         self._beats += 1
         if self._publisher is not None:
             beat = Heartbeat(
-                self.name, self.epoch, time.time(), self.heartbeatInterval, changed,
+                self.name, self.epoch, self._wallClock(), self.heartbeatInterval, changed,
                 self._beats,
             )
             self._publisher.send(codec.encodeBroadcast(beat))
@@ -383,12 +495,20 @@ class DispatcherService(service.Service):
     # -- serving requests
 
     def _received(self, identity, frames):
-        reply = answer(frames, self._handlers, self, self.malformed)
+        reply = answer(frames, self._handlers, self, identity, self.malformed)
         if isinstance(reply, defer.Deferred):
-            reply.addCallback(lambda message: self._reply(identity, message))
-            reply.addErrback(lambda f: log.failure("replying failed", f))
+            reply.addCallback(self._replyLater, identity)
+            reply.addErrback(self._replyFailed)
         elif reply is not None:
             self._reply(identity, reply)
+
+    def _replyLater(self, message, identity):
+        if message is not NO_REPLY:
+            self._reply(identity, message)
+
+    def _replyFailed(self, failure):
+        self._hookFailures("replying failed: {log_failure}", level=LogLevel.error,
+                           log_failure=failure)
 
     def _reply(self, identity, message):
         router = self._routerSocket
@@ -398,7 +518,7 @@ class DispatcherService(service.Service):
         if frames is None:
             frames = codec.encode(Error(message.id, "BadValue", f"cannot answer: {problem}"))
         if not router.sendTo(identity, frames):
-            log.debug("reply to a departed client dropped: {m}", m=message)
+            self._droppedReplies(type(message).__name__)
 
     def _valueReply(self, requestId, keyword):
         binary, ascii = readable(keyword)
@@ -412,7 +532,16 @@ class DispatcherService(service.Service):
         self._checkService(request)
         return self[request.keyword]
 
-    def _handleRead(self, request):
+    def _late(self, request):
+        """Whether the request's client has given up on it (its deadline passed)."""
+        if request.deadline and self._wallClock() >= request.deadline:
+            self.expired(f"{type(request).__name__} {getattr(request, 'keyword', '')}".strip())
+            return True
+        return False
+
+    def _handleRead(self, request, peer):
+        if self._late(request):
+            return NO_REPLY
         keyword = self._keyword(request)
         if keyword.writeonly:
             raise WriteOnly(f"{self.name}.{keyword.name} is write-only")
@@ -421,79 +550,102 @@ class DispatcherService(service.Service):
             return done.addCallback(lambda _: self._valueReply(request.id, keyword))
         return self._valueReply(request.id, keyword)
 
-    def _handleWrite(self, request):
+    def _handleWrite(self, request, peer):
+        if self._late(request):
+            return NO_REPLY
         keyword = self._keyword(request)
         if keyword.readonly:
             raise ReadOnly(f"{self.name}.{keyword.name} is read-only")
         binary = keyword.toBinary(request.value)
+        write = _QueuedWrite(request, peer, binary)
         queue = self._writeQueues.get(keyword.name)
         if queue is None:
             done = _runHooks(keyword, WRITE_PATH, binary)
             if not isinstance(done, defer.Deferred):
                 return self._valueReply(request.id, keyword)
             # A slow write: later writes to this keyword wait for it, in order.
-            queue = self._writeQueues[keyword.name] = deque()
-            finished = defer.Deferred()
-            queue.append((binary, finished))
+            self._notifyStarted(write)
+            queue = self._writeQueues[keyword.name] = deque([write])
             done.addBoth(self._writeFinished, keyword, queue)
+        elif len(queue) > MAX_QUEUED_WRITES:
+            raise ServiceUnavailable(
+                f"{self.name}.{keyword.name}: {len(queue) - 1} writes already wait "
+                "for a slow write to finish"
+            )
         else:
-            if len(queue) > MAX_QUEUED_WRITES:
-                raise ServiceUnavailable(
-                    f"{self.name}.{keyword.name}: {len(queue) - 1} writes already wait "
-                    "for a slow write to finish"
-                )
-            finished = defer.Deferred()
-            queue.append((binary, finished))
-        return finished.addCallback(lambda _: self._valueReply(request.id, keyword))
+            queue.append(write)
+        return write.finished.addCallback(lambda _: self._valueReply(request.id, keyword))
+
+    def _notifyStarted(self, write):
+        """Tell a slow write's client that it runs, so a timeout reports it may complete."""
+        self._reply(write.peer, Started(write.request.id))
 
     def _writeFinished(self, result, keyword, queue):
         """The oldest queued write ended: answer it, then run the next ones.
 
         Answering first keeps replies in arrival order, each with the value
-        its own write left.
+        its own write left.  Nothing more starts once the queue is no longer
+        the service's (the run stopped, or the dispatcher was fenced), and a
+        write whose deadline passed while it waited is refused, never run.
         """
-        _, finished = queue.popleft()
+        finished = queue.popleft().finished
         if isinstance(result, Failure):
             finished.errback(result)
         else:
             finished.callback(None)
-        while queue:
-            binary, finished = queue[0]
+        while queue and self._writeQueues.get(keyword.name) is queue:
+            write = queue[0]
+            if self._late(write.request):
+                queue.popleft()
+                write.finished.callback(NO_REPLY)
+                continue
             try:
-                done = _runHooks(keyword, WRITE_PATH, binary)
+                done = _runHooks(keyword, WRITE_PATH, write.binary)
             except Exception as e:
                 queue.popleft()
-                finished.errback(e)
+                write.finished.errback(e)
                 continue
             if isinstance(done, defer.Deferred):
+                self._notifyStarted(write)
                 done.addBoth(self._writeFinished, keyword, queue)
                 return None
             queue.popleft()
-            finished.callback(None)
-        del self._writeQueues[keyword.name]
+            write.finished.callback(None)
+        if self._writeQueues.get(keyword.name) is queue:
+            del self._writeQueues[keyword.name]
         return None
 
-    def _handleDescribe(self, request):
+    def _handleDescribe(self, request, peer):
+        if self._late(request):
+            return NO_REPLY
         self._checkService(request)
         if request.keywords is None:
             names = self.keywords()
         else:
             names = list(dict.fromkeys(self[name].name for name in request.keywords))
         keywords = [describeWithValue(self._keywords[name]) for name in names]
-        return Description(request.id, self.name, self.epoch, keywords, self.heartbeatInterval)
+        return Description(request.id, self.name, self.epoch, keywords, self.heartbeatInterval,
+                           self._wallClock())
 
-    def _handleList(self, request):
+    def _handleList(self, request, peer):
+        if self._late(request):
+            return NO_REPLY
         self._checkService(request)
         return KeywordList(request.id, self.name, self.keywords())
 
     def _checkService(self, request):
-        if request.service and request.service.lower() != self.name:
+        if not request.service or request.service.lower() != self.name:
             raise UnknownService(
                 f"the dispatcher at {self.dispatchAddress} serves {self.name!r}, "
                 f"not {request.service!r}"
             )
+        if request.owner and request.owner != self.epoch:
+            raise NotOwner(
+                f"the dispatcher at {self.dispatchAddress} is not the run of {self.name!r} "
+                "the router named: ask the router again"
+            )
 
-    def _handlePing(self, request):
+    def _handlePing(self, request, peer):
         return Pong(request.id, self.name, self.epoch)
 
     _handlers = {
@@ -557,8 +709,31 @@ def _typedError(error, keyword, name):
         return error
     if isinstance(error, (ValueError, TypeError)):
         return BadValue(f"{keyword.name}: {error}")
-    log.failure("{kw}: {hook} hook failed", Failure(error), kw=keyword.name, hook=name)
+    _logHookFailure(Failure(error), keyword, name)
     return HookError(f"{keyword.name}: {name} failed: {type(error).__name__}: {error}")
+
+
+def _logHookFailure(failure, keyword, name):
+    """Log a hook's bug with its traceback, at a bounded rate (clients can repeat it)."""
+    service = keyword.service
+    limited = getattr(service, "_hookFailures", None)
+    if limited is None:
+        log.failure("{kw}: {hook} hook failed", failure, kw=keyword.name, hook=name)
+    else:
+        limited("{kw}: {hook} hook failed", level=LogLevel.critical, log_failure=failure,
+                kw=keyword.name, hook=name)
+
+
+class _QueuedWrite:
+    """A write waiting for (or running) its turn at a keyword's hooks."""
+
+    __slots__ = ("request", "peer", "binary", "finished")
+
+    def __init__(self, request, peer, binary):
+        self.request = request
+        self.peer = peer
+        self.binary = binary
+        self.finished = defer.Deferred()
 
 
 def _encoded(encode, message):

@@ -23,12 +23,21 @@ __all__ = [
     "ProtocolError",
     "LeaseError",
     "LeaseConflict",
+    "NotOwner",
     "errorFromName",
 ]
 
 
 class CauldronError(Exception):
-    """The root of every error cauldron raises on purpose."""
+    """The root of every error cauldron raises on purpose.
+
+    :ivar detail: facts a program may act on (a lease holder's host and
+        ports, say), as plain values; they travel with the error.
+    """
+
+    def __init__(self, *args, detail=None):
+        super().__init__(*args)
+        self.detail = dict(detail or {})
 
 
 class ConfigError(CauldronError):
@@ -78,6 +87,16 @@ class ServiceUnavailable(ServiceError):
     """The service is known but its dispatcher does not answer (or stopped)."""
 
 
+class NotOwner(ServiceError):
+    """The dispatcher that answered is not the one the router named.
+
+    A client sends the owner identity the router gave it with every request;
+    a dispatcher that is not that owner (restarted, or replaced by another)
+    refuses the request without running it, and the client asks the router
+    again.
+    """
+
+
 class RouterUnavailable(ServiceError):
     """The router did not answer at its configured address."""
 
@@ -86,7 +105,14 @@ class CauldronTimeout(CauldronError, TimeoutError):
     """A request got no answer before its deadline.
 
     Also the builtin :class:`TimeoutError`, so KTL-style code can catch that.
+    A dispatcher never starts a request after its deadline; ``started`` is
+    True when the dispatcher said it had started the request (a slow write
+    still running, which may yet complete), False otherwise.
     """
+
+    def __init__(self, *args, started=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.started = started
 
 
 class ProtocolError(CauldronError):
@@ -98,7 +124,12 @@ class LeaseError(CauldronError):
 
 
 class LeaseConflict(LeaseError):
-    """Another live dispatcher holds the service's lease; retry after it expires."""
+    """Another dispatcher holds the service's lease.
+
+    ``detail`` names the holder: ``host``, ``dispatchPort``,
+    ``broadcastPort``, ``protocol``, ``age`` (seconds since it last renewed),
+    ``expiresIn`` and ``ttl``.
+    """
 
 
 def _allErrors():
@@ -110,11 +141,11 @@ def _allErrors():
     return found
 
 
-def errorFromName(name, message):
+def errorFromName(name, message, detail=None):
     """Rebuild an error received over the wire.
 
     An unknown or non-cauldron class name becomes a plain :class:`CauldronError`,
     so a peer can never make us instantiate an arbitrary class.
     """
     cls = _allErrors().get(name, CauldronError)
-    return cls(message)
+    return cls(message, detail=detail)

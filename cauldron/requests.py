@@ -5,7 +5,9 @@ talking to the router.  Every request gets a fresh id and a fresh Deferred;
 it fires with the reply message, fails with the error the peer reported
 (rebuilt as the matching :mod:`cauldron.errors` class), or fails with a
 timeout error when no reply arrives in time.  A reply arriving after that is
-dropped, never handed to a newer request.
+dropped, never handed to a newer request.  A request too large for the wire
+fails at once with BadValue and never reaches the socket: the peer would
+drop the whole connection, and every other request in flight with it.
 """
 
 import heapq
@@ -22,7 +24,7 @@ from cauldron.errors import (
     errorFromName,
 )
 from cauldron.protocol import codec
-from cauldron.protocol.messages import Error
+from cauldron.protocol.messages import Error, Started
 from cauldron.transport import QueueFull
 
 __all__ = ["RequestChannel", "MAX_PENDING"]
@@ -62,7 +64,12 @@ class RequestChannel:
         self._dealer = self._transport.dealer(self._received)
         self._dealer.connect(self.address)
 
-    def _defaultTimeoutError(self, what, timeout):
+    def _defaultTimeoutError(self, what, timeout, started=False):
+        if started:
+            return CauldronTimeout(
+                f"{what}: {self.peer} started it but did not finish within {timeout:g} s; "
+                "it may still complete", started=True,
+            )
         return CauldronTimeout(f"{what}: no reply from {self.peer} within {timeout:g} s")
 
     @property
@@ -86,13 +93,16 @@ class RequestChannel:
         except (ValueError, TypeError, OverflowError) as e:
             # e.g. an int beyond 64 bits or text that is not valid Unicode
             raise BadValue(f"{what}: cannot send that value: {e}") from None
+        if len(frames[1]) > codec.MAX_MESSAGE_SIZE:
+            raise BadValue(f"{what}: the request would take {len(frames[1])} bytes, "
+                           f"more than the {codec.MAX_MESSAGE_SIZE} a message may hold")
         try:
             self._dealer.send(frames)
         except QueueFull:
             raise ServiceUnavailable(f"{what}: too many requests queued for {self.peer}") from None
         d = Deferred(canceller=lambda d: self._forget(requestId))
         deadline = self._reactor.seconds() + timeout
-        self._pending[requestId] = (d, deadline, what, timeout)
+        self._pending[requestId] = [d, deadline, what, timeout, False]
         heapq.heappush(self._deadlines, (deadline, requestId))
         if self._timer is None or deadline < self._timerAt:
             self._scheduleExpiry(deadline)
@@ -126,12 +136,18 @@ class RequestChannel:
                 expired.append(entry)
         if self._deadlines:
             self._scheduleExpiry(self._deadlines[0][0])
-        for d, _, what, timeout in expired:
-            d.errback(self._onTimeout(what, timeout))
         if expired and not self._pending:
             # Nothing else is in flight: drop what ZeroMQ still queues for a
-            # peer that may be gone, so it is not delivered when it returns.
+            # peer that may be gone.  Before the errbacks, so a request they
+            # make goes out on the new socket.
             self.reset()
+        for d, _, what, timeout, started in expired:
+            d.errback(self._timeoutError(what, timeout, started))
+
+    def _timeoutError(self, what, timeout, started):
+        if started:
+            return self._defaultTimeoutError(what, timeout, started=True)
+        return self._onTimeout(what, timeout)
 
     def _forget(self, requestId):
         self._pending.pop(requestId, None)
@@ -145,6 +161,11 @@ class RequestChannel:
             self.malformed += 1
             return
         requestId = getattr(message, "id", None)
+        if isinstance(message, Started):
+            entry = self._pending.get(requestId)
+            if entry is not None:
+                entry[4] = True
+            return
         entry = self._pending.pop(requestId, None)
         if entry is None:
             return  # late or unsolicited: never hand it to a newer request
@@ -156,7 +177,7 @@ class RequestChannel:
             heapq.heapify(self._deadlines)
         d = entry[0]
         if isinstance(message, Error):
-            d.errback(errorFromName(message.error, message.message))
+            d.errback(errorFromName(message.error, message.message, message.detail))
         else:
             d.callback(message)
 
@@ -166,10 +187,17 @@ class RequestChannel:
             self._transport.close(self._dealer, discard=True)
             self._connect()
 
-    def failAll(self, error):
-        """Fail every pending request with ``error`` (e.g. the peer died)."""
+    def failAll(self, error, reconnect=False):
+        """Fail every pending request with ``error`` (e.g. the peer died).
+
+        With ``reconnect``, the socket is reopened first, discarding what
+        ZeroMQ still queues for the peer; requests that the errbacks make go
+        out on the new socket.
+        """
         pending, self._pending = self._pending, {}
         self._stopExpiry()
+        if reconnect:
+            self.reset()
         for entry in pending.values():
             entry[0].errback(error)
 

@@ -13,7 +13,7 @@ import uuid
 
 from twisted.application import service
 from twisted.internet import task
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from cauldron import config as _config
 from cauldron.errors import ProtocolError, UnknownService
@@ -35,7 +35,7 @@ from cauldron.protocol.messages import (
     ServiceEntry,
     ServiceList,
 )
-from cauldron.serving import RateLimitedCounter, answer
+from cauldron.serving import RateLimitedCounter, RateLimitedLog, answer
 from cauldron.transport import Transport, bindAddress
 
 __all__ = ["RouterService", "DEFAULT_LEASE_TTL"]
@@ -46,6 +46,8 @@ log = Logger()
 LIVENESS = 3
 #: seconds a lease lives without renewal at least: three one-second heartbeats
 DEFAULT_LEASE_TTL = 3.0
+#: lines per second each kind of verbose log may write (requests can come in floods)
+VERBOSE_BURST = 20
 
 
 class RouterService(service.Service):
@@ -74,6 +76,7 @@ class RouterService(service.Service):
             leaseTTL,
         )
         self.malformed = RateLimitedCounter("malformed messages", reactor)
+        self._verboseLogs = {}
         self._transport = None
         self._socket = None
         self._expiry = None
@@ -104,6 +107,9 @@ class RouterService(service.Service):
         super().stopService()
         if self._expiry is not None and self._expiry.running:
             self._expiry.stop()
+        self.malformed.stop()
+        for limited in self._verboseLogs.values():
+            limited.stop()
         if self._transport is not None:
             self._transport.shutdown()
             self._transport = self._socket = None
@@ -118,9 +124,17 @@ class RouterService(service.Service):
         return LIVENESS * interval
 
     def _say(self, level, fmt, **kw):
-        """Log when ``verbose`` is at least ``level`` (1: leases, 2: requests, 3: all)."""
-        if self.verbose >= level:
-            log.info(fmt, **kw)
+        """Log when ``verbose`` is at least ``level`` (1: leases, 2: requests, 3: all).
+
+        Each kind of line is rate-limited: requests, and so these lines, can
+        come in floods from anyone who reaches the router.
+        """
+        if self.verbose < level:
+            return
+        limited = self._verboseLogs.get(fmt)
+        if limited is None:
+            limited = self._verboseLogs[fmt] = RateLimitedLog(self.reactor, burst=VERBOSE_BURST)
+        limited(fmt, level=LogLevel.info, **kw)
 
     def _expire(self):
         for lease in self.leases.expire(self._now()):
@@ -132,7 +146,7 @@ class RouterService(service.Service):
     def _received(self, identity, frames):
         if self.verbose >= 3:
             self._logRequest(frames)
-        reply = answer(frames, self._handlers, self, self.malformed, "CauldronError")
+        reply = answer(frames, self._handlers, self, identity, self.malformed, "CauldronError")
         if reply is None:
             return
         if isinstance(reply, Error):
@@ -149,7 +163,7 @@ class RouterService(service.Service):
         return Leased(requestId, lease.service, lease.host, lease.dispatchPort,
                       lease.broadcastPort, lease.ttl)
 
-    def _handleLease(self, request):
+    def _handleLease(self, request, peer):
         lease = self.leases.lease(request.service, request.host, request.instance,
                                   self._now(), avoid=request.avoid,
                                   ttl=self._ttl(request.interval),
@@ -158,26 +172,27 @@ class RouterService(service.Service):
                   b=lease.broadcastPort, service=lease.service, host=lease.host)
         return self._leased(request.id, lease)
 
-    def _handleRegister(self, request):
+    def _handleRegister(self, request, peer):
         lease = self.leases.register(request.service, request.host, request.instance,
                                      request.dispatchPort, request.broadcastPort, self._now(),
                                      ttl=self._ttl(request.interval),
-                                     protocol=_protocol(request.protocol))
+                                     protocol=_protocol(request.protocol),
+                                     takeover=request.takeover)
         self._say(1, "{service} on {host} registered ports {d}/{b}", service=lease.service,
                   host=lease.host, d=lease.dispatchPort, b=lease.broadcastPort)
         return self._leased(request.id, lease)
 
-    def _handleRenew(self, request):
+    def _handleRenew(self, request, peer):
         lease = self.leases.renew(request.service, request.instance, self._now())
         self._say(2, "renewed {service}", service=lease.service)
         return self._leased(request.id, lease)
 
-    def _handleRelease(self, request):
+    def _handleRelease(self, request, peer):
         if self.leases.release(request.service, request.instance, self._now()):
             self._say(1, "{service} released its ports", service=request.service)
         return Ok(request.id)
 
-    def _handleLocate(self, request):
+    def _handleLocate(self, request, peer):
         lease = self.leases.locate(request.service, self._now())
         if lease is None:
             raise UnknownService(f"no service {request.service.lower()!r} is registered "
@@ -186,9 +201,10 @@ class RouterService(service.Service):
             request.id, lease.service, lease.host,
             bindAddress(lease.protocol, lease.host, lease.dispatchPort),
             bindAddress(lease.protocol, lease.host, lease.broadcastPort),
+            lease.instance,
         )
 
-    def _handleList(self, request):
+    def _handleList(self, request, peer):
         now = self._now()
         entries = [
             ServiceEntry(lease.service, lease.host, lease.dispatchPort, lease.broadcastPort,
@@ -197,7 +213,7 @@ class RouterService(service.Service):
         ]
         return ServiceList(request.id, entries)
 
-    def _handlePing(self, request):
+    def _handlePing(self, request, peer):
         return Pong(request.id, "router", self.epoch)
 
     _handlers = {

@@ -3,8 +3,9 @@
 :class:`RouterLink` is a dispatcher's side: lease a port pair, bind it
 (asking again when a port turns out to be taken), renew the lease with every
 heartbeat, register again with the same ports when a restarted router has
-forgotten it, and spawn a router when none answers and ``allow-spawn`` says
-so.  :class:`Locator` is a client's side: where does a service live?
+forgotten it, spawn a router when none answers and ``allow-spawn`` says
+so, and fence the dispatcher when the router names another owner.
+:class:`Locator` is a client's side: where does a service live?
 """
 
 import os
@@ -26,6 +27,7 @@ from cauldron.protocol.messages import Lease, Locate, Register, Release, Renew
 from cauldron.requests import RequestChannel
 from cauldron.router import DEFAULT_LEASE_TTL, RouterService
 from cauldron.transport import AddressInUse, bindAddress
+from cauldron.transport.probe import addressFree
 
 __all__ = ["RouterLink", "Locator", "routerChannel", "spawnRouterProcess", "advertisedHost"]
 
@@ -37,6 +39,12 @@ MAX_BIND_ATTEMPTS = 20
 WILDCARD_HOSTS = ("*", "0.0.0.0", "::", "[::]")
 #: seconds between attempts to start a router while renewals find none
 RESPAWN_INTERVAL = 5.0
+#: how long past a rival's first-announced expiry we wait before calling it alive
+CONFLICT_MARGIN = 0.5
+#: seconds between two lease requests while a rival holds the service
+CONFLICT_POLL = 0.25
+#: a stopping dispatcher waits at most this long for the router to take its release
+RELEASE_TIMEOUT = 0.25
 
 
 def routerChannel(config, transport, timeout=None):
@@ -103,7 +111,10 @@ def advertisedHost(host):
 
 
 class RouterLink:
-    """A dispatcher's lease with the router, from start to release."""
+    """A dispatcher's lease with the router, from start to release.
+
+    :ivar fenced: True once the router named another owner of the service.
+    """
 
     def __init__(self, dispatcher, transport, reactor):
         self.dispatcher = dispatcher
@@ -115,6 +126,7 @@ class RouterLink:
         self.host = advertisedHost(self.bindHost)
         self.protocol = self.config.get("zmq", "protocol")
         self.spawnedRouter = None
+        self.fenced = False
         self._transport = transport
         self._channel = routerChannel(self.config, transport)
         self._renewing = None
@@ -135,7 +147,11 @@ class RouterLink:
 
     @defer.inlineCallbacks
     def start(self):
-        """Lease ports and bind them; fires with the bound addresses."""
+        """Lease ports and bind them; fires with the bound addresses.
+
+        Cancelling the Deferred abandons the start wherever it is (waiting
+        for the router, or for a rival's lease to expire).
+        """
         avoid = []
         for _ in range(MAX_BIND_ATTEMPTS):
             leased = yield self._lease(avoid)
@@ -155,17 +171,26 @@ class RouterLink:
         raise LeaseError(f"{self.service}: {MAX_BIND_ATTEMPTS} leased port pairs were all "
                          f"taken on {self.host}: {sorted(set(avoid))}")
 
+    def _request(self, makeMessage, what):
+        return self._channel.request(makeMessage, f"{what} {self.service}")
+
     @defer.inlineCallbacks
     def _lease(self, avoid):
-        """Ask for a lease, spawning a router or waiting out a conflict as needed."""
-        deadline = self.reactor.seconds() + self._patience()
+        """Ask for a lease, spawning a router or outlasting a rival as needed.
+
+        A rival holding the service is either our crashed predecessor (its
+        lease expires within its ttl, unless we can prove it dead and take
+        over at once) or a live dispatcher, which keeps renewing: once its
+        lease has outlived the expiry the router first gave us, we stop.
+        """
         spawned = False
+        giveUpAt = None
         while True:
             try:
-                leased = yield self._channel.request(
+                leased = yield self._request(
                     lambda i: Lease(i, self.service, self.host, self.instance, list(avoid),
                                     self.dispatcher.heartbeatInterval, self.protocol),
-                    f"lease ports for {self.service}",
+                    "lease ports for",
                 )
                 return leased
             except RouterUnavailable as e:
@@ -173,17 +198,57 @@ class RouterLink:
                     raise
                 self._spawnRouter(e)
                 spawned = True
+                continue
             except LeaseConflict as e:
-                # A previous run of this service may still hold the lease
-                # (killed without releasing): it expires within one TTL.
-                if self.reactor.seconds() >= deadline:
-                    raise
-                log.info("{service}: {why}; waiting for it to expire", service=self.service,
-                         why=e)
-                yield task.deferLater(self.reactor, 0.25, lambda: None)
+                conflict = e
+            taken = yield self._takeOver(conflict.detail)
+            if taken is not None:
+                return taken
+            now = self.reactor.seconds()
+            expiresIn = float(conflict.detail.get("expiresIn", DEFAULT_LEASE_TTL))
+            if giveUpAt is None:
+                giveUpAt = now + expiresIn + CONFLICT_MARGIN
+                log.info("{service}: {why}", service=self.service, why=_holderLine(conflict))
+            elif now >= giveUpAt:
+                raise LeaseConflict(
+                    f"{self.service}: another dispatcher serves it on host "
+                    f"{conflict.detail.get('host', '?')} (ports "
+                    f"{conflict.detail.get('dispatchPort', '?')}/"
+                    f"{conflict.detail.get('broadcastPort', '?')}) and keeps renewing its "
+                    "lease: stop that one first, or serve another service name",
+                    detail=conflict.detail,
+                )
+            yield task.deferLater(self.reactor, min(CONFLICT_POLL, max(expiresIn, 0.01)),
+                                  lambda: None)
 
-    def _patience(self):
-        return DEFAULT_LEASE_TTL + 2 * self.dispatcher.heartbeatInterval
+    def _takeOver(self, holder):
+        """Fires with a lease if the holder is a dead predecessor on this host, else None.
+
+        Binding its exact addresses here proves nothing listens there any
+        more; the router then hands the lease over without waiting.
+        """
+        if holder.get("host") != self.host or holder.get("protocol") != self.protocol:
+            return defer.succeed(None)
+        ports = (holder.get("dispatchPort"), holder.get("broadcastPort"))
+        if not all(isinstance(port, int) for port in ports):
+            return defer.succeed(None)
+        if not all(addressFree(bindAddress(self.protocol, self.bindHost, p)) for p in ports):
+            return defer.succeed(None)  # alive (perhaps frozen), or someone else's now
+        d = self._request(
+            lambda i: Register(i, self.service, self.host, self.instance, *ports,
+                               self.dispatcher.heartbeatInterval, self.protocol, takeover=True),
+            "take over",
+        )
+
+        def tookOver(leased):
+            log.info("{service}: its previous dispatcher on this host is gone (ports {d}/{b} "
+                     "were free); took its lease over", service=self.service, d=ports[0],
+                     b=ports[1])
+            return leased
+
+        d.addCallback(tookOver)
+        d.addErrback(lambda f: f.trap(LeaseConflict) and None)
+        return d
 
     def _spawnRouter(self, unavailable):
         """Start a router where the configuration says one should be.
@@ -224,32 +289,33 @@ class RouterLink:
             except OSError:
                 pass
 
-    # -- heartbeat: renew, or register again after a router restart
+    # -- heartbeat: renew, register again after a router restart, or be fenced
 
     def beat(self):
         """Renew the lease (called on every dispatcher heartbeat)."""
-        if self._renewing is not None or self._ports is None:
+        if self._renewing is not None or self._ports is None or self.fenced:
             return
-        d = self._channel.request(lambda i: Renew(i, self.service, self.instance),
-                                  f"renew {self.service}")
-        d.addErrback(self._renewFailed)
-        d.addCallbacks(self._renewed, self._routerGone)
+        d = self._request(lambda i: Renew(i, self.service, self.instance), "renew")
+        d.addErrback(self._registerAgain)
+        d.addCallbacks(self._renewed, self._renewFailed)
         d.addBoth(self._doneRenewing)
         self._renewing = d
 
-    def _renewFailed(self, failure):
+    def _registerAgain(self, failure):
         failure.trap(LeaseError)
+        if failure.check(LeaseConflict):
+            return failure
         # The router does not know us (it restarted, or our lease expired
-        # while we were stopped): claim the ports we hold.
+        # while we could not reach it): claim the ports we hold.
         if not self._routerLost:
             log.info("{service}: the router forgot our lease; registering again",
                      service=self.service)
-        return self._channel.request(
+        return self._request(
             lambda i: Register(
                 i, self.service, self.host, self.instance, *self._ports,
                 self.dispatcher.heartbeatInterval, self.protocol,
             ),
-            f"register {self.service}",
+            "register",
         )
 
     def _renewed(self, _):
@@ -257,8 +323,18 @@ class RouterLink:
             log.info("{service}: the router answers again", service=self.service)
             self._routerLost = False
 
-    def _routerGone(self, failure):
+    def _renewFailed(self, failure):
         failure.trap(RouterUnavailable, CauldronTimeout, LeaseError)
+        conflict = failure.value
+        if failure.check(LeaseConflict) and conflict.detail.get("service") == self.service:
+            # The router gave our service to another dispatcher (our lease
+            # expired while we could not reach it): it is theirs now.
+            self.fenced = True
+            self.dispatcher.fence(conflict)
+            return
+        self._routerGone(failure)
+
+    def _routerGone(self, failure):
         first = not self._routerLost
         if first:
             log.warn("{service}: cannot renew the lease: {why}", service=self.service,
@@ -285,14 +361,15 @@ class RouterLink:
     # -- stop
 
     def stop(self):
-        """Give the ports back (best effort, bounded by the router timeout)."""
+        """Give the ports back (best effort, bounded by RELEASE_TIMEOUT)."""
         if self._renewing is not None:
             self._renewing.cancel()
-        if self.dispatcher.dispatchAddress is None:
+        if self.dispatcher.dispatchAddress is None or self.fenced:
             d = defer.succeed(None)
         else:
             d = self._channel.request(lambda i: Release(i, self.service, self.instance),
-                                      f"release {self.service}")
+                                      f"release {self.service}",
+                                      min(self._channel.timeout, RELEASE_TIMEOUT))
             d.addErrback(lambda f: None)
         d.addBoth(self._close)
         return d
@@ -305,6 +382,20 @@ class RouterLink:
             self.spawnedRouter = None
 
 
+def _holderLine(conflict):
+    """One honest line about who holds the service, for a dispatcher that must wait."""
+    holder = conflict.detail
+    where = (f"host {holder.get('host', '?')}, ports {holder.get('dispatchPort', '?')}/"
+             f"{holder.get('broadcastPort', '?')}")
+    age, expiresIn = float(holder.get("age", 0)), float(holder.get("expiresIn", 0))
+    interval = float(holder.get("ttl", DEFAULT_LEASE_TTL)) / 3
+    if age <= 1.5 * interval:
+        return (f"a live dispatcher holds it ({where}; it renewed its lease {age:.1f} s ago); "
+                f"waiting up to {expiresIn + CONFLICT_MARGIN:.1f} s in case it is stopping")
+    return (f"its previous dispatcher ({where}) stopped renewing {age:.1f} s ago; "
+            f"waiting {expiresIn:.1f} s for its lease to expire")
+
+
 class Locator:
     """A client's questions to the router: where does a service live?"""
 
@@ -312,9 +403,13 @@ class Locator:
         self._channel = routerChannel(config, transport, timeout)
 
     def locate(self, service):
-        """Fires with ``(dispatchAddress, broadcastAddress)``; UnknownService if none."""
+        """Fires with ``(dispatchAddress, broadcastAddress, owner)``; UnknownService if none.
+
+        ``owner`` identifies the run of the dispatcher that holds the lease;
+        clients send it with their requests so no other dispatcher serves them.
+        """
         d = self._channel.request(lambda i: Locate(i, service), f"locate {service!r}")
-        d.addCallback(lambda where: (where.dispatchAddress, where.broadcastAddress))
+        d.addCallback(lambda where: (where.dispatchAddress, where.broadcastAddress, where.owner))
         return d
 
     def request(self, makeMessage, what):

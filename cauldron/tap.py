@@ -7,7 +7,9 @@ bad file is a usage error: twistd prints it and exits non-zero.
 
 A failure to start (an address in use, say) only shows once the reactor
 runs; :class:`DispatcherRunner` turns it into one log line, a stopped reactor
-and a non-zero exit status, which twistd has no API for.
+and a non-zero exit status, which twistd has no API for.  So does a
+dispatcher *fenced* while it runs (another dispatcher took its service over):
+it exits with :data:`FENCED_STATUS`.
 """
 
 import atexit
@@ -35,6 +37,8 @@ log = Logger()
 
 #: exit status of twistd when the dispatcher could not start
 START_FAILED_STATUS = 1
+#: exit status of twistd when another dispatcher took the service over
+FENCED_STATUS = 3
 
 
 class RouterOptions(usage.Options):
@@ -147,6 +151,7 @@ class DispatcherRunner(service.MultiService):
     def startService(self):
         service.MultiService.startService(self)
         self.dispatcher.whenReady().addCallbacks(self._ready, self._failed)
+        self.dispatcher.whenFenced().addCallback(self._fenced)
 
     def _ready(self, addresses):
         log.info(
@@ -155,6 +160,14 @@ class DispatcherRunner(service.MultiService):
             dispatch=addresses[0],
             broadcast=addresses[1],
         )
+
+    def _fenced(self, conflict):
+        """The dispatcher logged who took over; end the process, with a status saying so."""
+        self._exitWith(FENCED_STATUS)
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        _stopQuietly(reactor)
 
     def _failed(self, failure):
         self.failure = failure

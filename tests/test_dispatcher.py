@@ -114,7 +114,7 @@ class CommandTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_read(self):
         """A read answers the keyword's current binary and ascii values with its sequence."""
-        reply = yield self.remote.request(lambda i: Read(i, "TEMP"), "read")
+        reply = yield self.remote.request(lambda i, *_: Read(i, "TEMP", "demo"), "read")
         self.assertIsInstance(reply, Value)
         self.assertEqual((reply.keyword, reply.binary, reply.ascii), ("TEMP", 3.5, "3.5"))
         self.assertEqual(reply.sequence, self.temp.sequence)
@@ -123,23 +123,23 @@ class CommandTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_readIsCaseInsensitive(self):
         """A read of a lower-case name answers the upper-case keyword."""
-        reply = yield self.remote.request(lambda i: Read(i, "temp"), "read")
+        reply = yield self.remote.request(lambda i, *_: Read(i, "temp", "demo"), "read")
         self.assertEqual(reply.keyword, "TEMP")
 
     @defer.inlineCallbacks
     def test_write(self):
         """A write stores the converted value and answers it once done."""
-        reply = yield self.remote.request(lambda i: Write(i, "MODE", "on"), "write")
+        reply = yield self.remote.request(lambda i, *_: Write(i, "MODE", "on", "demo"), "write")
         self.assertEqual((reply.binary, reply.ascii), (1, "ON"))
         self.assertEqual(self.mode.value, 1)
-        reply = yield self.remote.request(lambda i: Write(i, "TEMP", "7.25"), "write")
+        reply = yield self.remote.request(lambda i, *_: Write(i, "TEMP", "7.25", "demo"), "write")
         self.assertEqual(reply.binary, 7.25)
         self.assertEqual(self.temp.value, 7.25)
 
     @defer.inlineCallbacks
     def test_describe(self):
         """describe answers every keyword's metadata and current value, or those asked for."""
-        reply = yield self.remote.request(lambda i: Describe(i, None), "describe")
+        reply = yield self.remote.request(lambda i, *_: Describe(i, None, "demo"), "describe")
         self.assertIsInstance(reply, Description)
         self.assertEqual((reply.service, reply.epoch), ("demo", self.dispatcher.epoch))
         byName = {info["name"]: info for info in reply.keywords}
@@ -150,27 +150,27 @@ class CommandTests(unittest.TestCase):
         self.assertEqual(byName["TEMP"]["binary"], 3.5)
         self.assertEqual(byName["MODE"]["enumerators"], {"0": "OFF", "1": "ON"})
         self.assertEqual(byName["MODE"]["ascii"], "OFF")
-        reply = yield self.remote.request(lambda i: Describe(i, ["mode"]), "describe")
+        reply = yield self.remote.request(lambda i, *_: Describe(i, ["mode"], "demo"), "describe")
         self.assertEqual([info["name"] for info in reply.keywords], ["MODE"])
 
     @defer.inlineCallbacks
     def test_list(self):
         """list answers the sorted names of every keyword served."""
-        reply = yield self.remote.request(lambda i: ListKeywords(i), "list")
+        reply = yield self.remote.request(lambda i, *_: ListKeywords(i, "demo"), "list")
         self.assertIsInstance(reply, KeywordList)
         self.assertEqual((reply.service, reply.names), ("demo", ["MODE", "TEMP"]))
 
     @defer.inlineCallbacks
     def test_ping(self):
         """ping answers pong with the service name and the dispatcher's epoch."""
-        reply = yield self.remote.request(lambda i: Ping(i), "ping")
+        reply = yield self.remote.request(lambda i, *_: Ping(i), "ping")
         self.assertEqual(reply, Pong(reply.id, "demo", self.dispatcher.epoch))
 
     @defer.inlineCallbacks
     def test_notADispatcherRequest(self):
         """A request a dispatcher does not serve is answered with a ProtocolError and counted."""
         before = self.dispatcher.malformed.count
-        d = self.remote.request(lambda i: Locate(i, "demo"), "locate")
+        d = self.remote.request(lambda i, *_: Locate(i, "demo"), "locate")
         yield self.assertFailure(d, ProtocolError)
         self.assertEqual(self.dispatcher.malformed.count, before + 1)
 
@@ -439,8 +439,9 @@ class ErrorTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_unknownKeyword(self):
         """A request for a keyword the dispatcher lacks fails with UnknownKeyword."""
-        for message in (lambda i: Read(i, "NOPE"), lambda i: Write(i, "NOPE", 1),
-                        lambda i: Describe(i, ["NOPE"])):
+        for message in (lambda i, *_: Read(i, "NOPE", "demo"),
+                        lambda i, *_: Write(i, "NOPE", 1, "demo"),
+                        lambda i, *_: Describe(i, ["NOPE"], "demo")):
             yield self.assertRemoteError(
                 self.remote.request(message, "request"), errors.UnknownKeyword,
                 "service 'demo' has no keyword 'NOPE'",

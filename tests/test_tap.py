@@ -20,7 +20,9 @@ from zope.interface.verify import verifyObject
 
 from cauldron import keywords
 from cauldron.config import Config
+from cauldron.errors import LeaseConflict
 from cauldron.tap import (
+    FENCED_STATUS,
     DispatcherOptions,
     DispatcherRunner,
     RouterOptions,
@@ -169,11 +171,15 @@ class FakeDispatcher(Service):
     def __init__(self, result):
         self.name = "demo"
         self._result = result
+        self.fencedBy = defer.Deferred()
 
     def whenReady(self):
         if isinstance(self._result, Exception):
             return defer.fail(self._result)
         return defer.succeed(self._result)
+
+    def whenFenced(self):
+        return self.fencedBy
 
 
 class FakeReactor:
@@ -238,6 +244,18 @@ class RunnerTests(SynchronousTestCase):
         text = " ".join(formatEvent(e) for e in events)
         self.assertIn("dispatch tcp://127.0.0.1:1, broadcast tcp://127.0.0.1:2", text)
         self.assertEqual((reactor.hooks, reactor.stops), ([], 0))
+
+
+    def test_fenced(self):
+        """A dispatcher fenced while serving stops the reactor and asks for status 3."""
+        reactor = FakeReactor()
+        statuses = []
+        dispatcher = FakeDispatcher(("tcp://127.0.0.1:1", "tcp://127.0.0.1:2"))
+        runner = DispatcherRunner(dispatcher, reactor=reactor, exitWith=statuses.append)
+        runner.startService()
+        self.assertEqual((statuses, reactor.stops), ([], 0))
+        dispatcher.fencedBy.callback(LeaseConflict("taken over", detail={"host": "b"}))
+        self.assertEqual((statuses, reactor.stops), ([FENCED_STATUS], 1))
 
 
 class PluginTests(SynchronousTestCase):

@@ -92,6 +92,21 @@ def _avoidSet(avoid: Iterable[int]) -> frozenset[int]:
     return ports
 
 
+def _holder(lease: Lease, now: float) -> dict:
+    """What a rival needs to know about a lease's holder (see LeaseConflict)."""
+    return {
+        "service": lease.service,
+        "host": lease.host,
+        "instance": lease.instance,
+        "dispatchPort": lease.dispatchPort,
+        "broadcastPort": lease.broadcastPort,
+        "protocol": lease.protocol,
+        "age": round(lease.age(now), 3),
+        "expiresIn": round(lease.expiresIn(now), 3),
+        "ttl": lease.ttl,
+    }
+
+
 def _seconds(value: float) -> str:
     """Round up to a tenth, so a live lease never reads as expiring in 0.0 s."""
     return f"{math.ceil(value * 10) / 10:.1f}"
@@ -220,11 +235,16 @@ class LeaseTable:
         now: float,
         ttl: float | None = None,
         protocol: str = "tcp",
+        takeover: bool = False,
     ) -> Lease:
         """Record ports a dispatcher already has bound (after a router restart, or fixed ports).
 
         The same instance registering other ports moves its lease: the process
-        that bound the sockets knows best where it listens.
+        that bound the sockets knows best where it listens.  With
+        ``takeover``, a new instance replaces the holder of the service's
+        lease if the holder is on the same host with the same ports and
+        protocol: the new instance has just bound those ports, so the holder
+        no longer listens there (it crashed and was restarted at once).
         """
         self.expire(now)
         name = _serviceName(service)
@@ -235,7 +255,12 @@ class LeaseTable:
             )
         held = self._leases.get(name)
         if held is not None and held.instance != instance:
-            raise self._conflict(held, now)
+            replaceable = takeover and held.host == host and held.protocol == protocol \
+                and held.ports == (dispatchPort, broadcastPort)
+            if not replaceable:
+                raise self._conflict(held, now)
+            self._drop(held)
+            held = None
         for port in (dispatchPort, broadcastPort):
             owner = self._owners.get((host, port))
             if owner is not None and owner != name:
@@ -244,7 +269,8 @@ class LeaseTable:
                     f"service {name!r} cannot register ports {dispatchPort}/{broadcastPort}: "
                     f"port {port} is held by service {other.service!r} on host {other.host!r} "
                     f"(ports {other.dispatchPort}/{other.broadcastPort}), "
-                    f"expiring in {_seconds(other.expiresIn(now))} s"
+                    f"expiring in {_seconds(other.expiresIn(now))} s",
+                    detail=_holder(other, now),
                 )
         if held is not None and held.ports == (dispatchPort, broadcastPort) and held.host == host:
             return self._store(dataclasses.replace(
@@ -320,8 +346,10 @@ class LeaseTable:
     def _conflict(self, held: Lease, now: float) -> LeaseConflict:
         return LeaseConflict(
             f"service {held.service!r} is held by another dispatcher (instance {held.instance!r}) "
-            f"on host {held.host!r}, ports {held.dispatchPort}/{held.broadcastPort}; "
-            f"retry after its lease expires in {_seconds(held.expiresIn(now))} s"
+            f"on host {held.host!r}, ports {held.dispatchPort}/{held.broadcastPort}, "
+            f"which renewed its lease {_seconds(held.age(now))} s ago "
+            f"(it expires in {_seconds(held.expiresIn(now))} s unless renewed)",
+            detail=_holder(held, now),
         )
 
     def _exhausted(self, host: str, avoided: frozenset[int]) -> str:

@@ -5,7 +5,7 @@ Three conversations use them:
 * client -> dispatcher (dispatch socket): :class:`Read`, :class:`Write`,
   :class:`Describe`, :class:`ListKeywords`, :class:`Ping`; answered by
   :class:`Value`, :class:`Description`, :class:`KeywordList`, :class:`Pong`
-  or :class:`Error`.
+  or :class:`Error` (a slow write is first acknowledged by :class:`Started`).
 * dispatcher -> subscribers (broadcast socket): :class:`Update` for each
   value change and :class:`Heartbeat` every interval.
 * dispatcher or client -> router: :class:`Lease`, :class:`Register`,
@@ -16,6 +16,17 @@ Three conversations use them:
 Requests carry an ``id`` chosen by the sender; the reply carries it back so a
 client can match replies to requests (the transport routes replies by socket
 identity, never by this id).
+
+Requests to a dispatcher also carry:
+
+* ``deadline``: the instant, on the *dispatcher's* clock (seconds since the
+  epoch), after which the dispatcher must not start the request, because its
+  client has given up by then.  The client converts its own deadline with a
+  clock offset it measures from heartbeats, so the rule holds whatever the
+  two clocks say.  0 means none.
+* ``owner``: the dispatcher run (its epoch) the router named when the client
+  located the service; any other dispatcher refuses the request with
+  ``NotOwner``.  Empty when the client found the dispatcher without a router.
 """
 
 from typing import Any
@@ -24,7 +35,7 @@ import msgspec
 
 __all__ = [
     "Read", "Write", "Describe", "ListKeywords", "Ping",
-    "Value", "Description", "KeywordList", "Pong", "Error", "Ok",
+    "Value", "Description", "KeywordList", "Pong", "Error", "Ok", "Started",
     "Update", "Heartbeat",
     "Lease", "Register", "Renew", "Release", "Locate", "ListServices",
     "Leased", "Location", "ServiceEntry", "ServiceList",
@@ -67,6 +78,8 @@ class Read(_Message, tag="read"):
     id: int
     keyword: str
     service: str = ""
+    deadline: float = 0.0
+    owner: str = ""
 
 
 class Write(_Message, tag="write"):
@@ -76,6 +89,8 @@ class Write(_Message, tag="write"):
     keyword: str
     value: Any
     service: str = ""
+    deadline: float = 0.0
+    owner: str = ""
 
     def __post_init__(self):
         checkValue(self.value)
@@ -87,6 +102,8 @@ class Describe(_Message, tag="describe"):
     id: int
     keywords: list[str] | None = None
     service: str = ""
+    deadline: float = 0.0
+    owner: str = ""
 
 
 class ListKeywords(_Message, tag="list"):
@@ -94,6 +111,8 @@ class ListKeywords(_Message, tag="list"):
 
     id: int
     service: str = ""
+    deadline: float = 0.0
+    owner: str = ""
 
 
 class Ping(_Message, tag="ping"):
@@ -124,7 +143,8 @@ class Description(_Message, tag="description"):
     """Metadata of keywords: each entry is a keyword's ``describe()`` plus its value.
 
     ``heartbeat`` is the dispatcher's heartbeat interval, so a client judges
-    its liveness right from the start.
+    its liveness right from the start; ``now`` is the dispatcher's clock when
+    it answered, from which the client bounds the offset between the clocks.
     """
 
     id: int
@@ -132,6 +152,7 @@ class Description(_Message, tag="description"):
     epoch: str
     keywords: list[dict[str, Any]]
     heartbeat: float = 1.0
+    now: float = 0.0
 
 
 class KeywordList(_Message, tag="keywords"):
@@ -151,15 +172,30 @@ class Pong(_Message, tag="pong"):
 
 
 class Error(_Message, tag="error"):
-    """A request failed: ``error`` names a :mod:`cauldron.errors` class."""
+    """A request failed: ``error`` names a :mod:`cauldron.errors` class.
+
+    ``detail`` carries facts a program may act on (see
+    :attr:`cauldron.errors.CauldronError.detail`).
+    """
 
     id: int
     error: str
     message: str
+    detail: dict[str, str | int | float | bool | None] = {}
 
 
 class Ok(_Message, tag="ok"):
     """A request that needs no data back succeeded."""
+
+    id: int
+
+
+class Started(_Message, tag="started"):
+    """A write is running its hooks (they did not finish at once).
+
+    It will run to completion, and its reply follows.  Until a client has
+    seen this, it knows that a write it gives up on was never started.
+    """
 
     id: int
 
@@ -226,7 +262,13 @@ class Lease(_Message, tag="lease"):
 
 
 class Register(_Message, tag="register"):
-    """Claim a port pair already bound (after a router restart, or fixed ports)."""
+    """Claim a port pair already bound (after a router restart, or fixed ports).
+
+    With ``takeover``, the dispatcher claims a service whose lease another
+    instance holds on the same host and ports, having just proved those
+    ports free (its predecessor crashed): it need not wait for the lease
+    to expire.
+    """
 
     id: int
     service: str
@@ -236,6 +278,7 @@ class Register(_Message, tag="register"):
     broadcastPort: int
     interval: float = 1.0
     protocol: str = "tcp"
+    takeover: bool = False
 
 
 class Renew(_Message, tag="renew"):
@@ -282,13 +325,14 @@ class Leased(_Message, tag="leased"):
 
 
 class Location(_Message, tag="location"):
-    """Where a service's dispatcher listens."""
+    """Where a service's dispatcher listens, and which run of it (``owner``) owns it."""
 
     id: int
     service: str
     host: str
     dispatchAddress: str
     broadcastAddress: str
+    owner: str = ""
 
 
 class ServiceEntry(msgspec.Struct, frozen=True, array_like=True):
@@ -320,6 +364,7 @@ Message = (
     | Pong
     | Error
     | Ok
+    | Started
     | Update
     | Heartbeat
     | Lease
