@@ -319,16 +319,17 @@ class RemoteService:
         the one the router names now, within the same deadline.
         """
         timeout = self._client.timeout if timeout is None else timeout
-        d = self._send(makeMessage, what, timeout)
+        owner = self.owner
+        d = self._send(makeMessage, what, timeout, owner)
         if self._client._locator is not None:
-            d.addErrback(self._notOwner, makeMessage, what, self._reactor.seconds() + timeout)
+            d.addErrback(self._notOwner, makeMessage, what, owner,
+                         self._reactor.seconds() + timeout)
         return d
 
-    def _send(self, makeMessage, what, timeout):
+    def _send(self, makeMessage, what, timeout, owner):
         if self._closed:
             return defer.fail(ServiceUnavailable(f"service {self.name!r}: connection closed"))
-        deadline = self._wallClock() + timeout - self._clockOffset()
-        owner = self.owner
+        deadline = self._deadline(timeout)
         try:
             return self._channel.request(lambda i: makeMessage(i, deadline, owner),
                                          f"{self.name}: {what}", timeout)
@@ -336,16 +337,15 @@ class RemoteService:
             return defer.fail()
 
     @defer.inlineCallbacks
-    def _notOwner(self, failure, makeMessage, what, giveUpAt):
+    def _notOwner(self, failure, makeMessage, what, refused, giveUpAt):
         """The dispatcher that answered is not the router's owner: ask, then send again.
 
         The refused request never ran there, so sending it again is safe,
-        writes included.  While the router still names the refusing run (a
+        writes included.  While the router still names the refused owner (a
         takeover being registered), ask again shortly, until the deadline.
         """
         failure.trap(NotOwner)
-        refused = self.owner
-        while True:
+        while self.owner == refused:
             if self._closed:
                 return failure
             try:
@@ -381,8 +381,15 @@ class RemoteService:
             self._clockEpoch = epoch
         self._clockOffsets.append(self._wallClock() - dispatcherNow)
 
-    def _clockOffset(self):
-        return min(self._clockOffsets) if self._clockOffsets else 0.0
+    def _deadline(self, timeout):
+        """When, on the dispatcher's clock, it must no longer start a request of ours.
+
+        0 (none) until the dispatcher's clock has been read once: only the
+        first ``describe`` goes without, and it changes nothing.
+        """
+        if not self._clockOffsets:
+            return 0.0
+        return self._wallClock() + timeout - min(self._clockOffsets)
 
     # -- liveness
 
