@@ -83,6 +83,9 @@ SHUTDOWN_TIMEOUT = 2.0
 _lock = threading.Lock()
 _services = {}  # (name, Config) -> Service; guarded by _lock
 _clients = {}  # Config -> ClientService; reactor thread only
+# Bumped (reactor thread) whenever the shared clients stop: a Service whose
+# connection is of an older generation is closed and connects again.
+_generation = 0
 
 # Calls handed to the reactor and not answered yet; released with
 # _ReactorGone when the reactor stops.  Guarded by _callLock.
@@ -158,7 +161,9 @@ class _Call:
             _reactor().callFromThread(self._cancelInReactor)
 
     def _cancelInReactor(self):
-        if self._deferred is not None and not self._deferred.called:
+        # Also when called: it may be waiting on a chained Deferred, which
+        # cancel() then cancels (otherwise it does nothing).
+        if self._deferred is not None:
             self._deferred.cancel()
 
     def stopped(self):
@@ -298,9 +303,17 @@ def _clientFor(cfg):
 
 
 def _stopClients():
-    """Stop every shared client, bounded by SHUTDOWN_TIMEOUT (reactor thread)."""
+    """Stop every shared client, bounded by SHUTDOWN_TIMEOUT (reactor thread).
+
+    The Service objects stay cached: the ones users hold connect again on
+    their next call, as a new ``Service(name)`` does.
+    """
+    global _generation
+    _generation += 1
     with _lock:
-        _services.clear()
+        services = list(_services.values())
+    for service in services:
+        service._clientStopped()
     clients = list(_clients.values())
     _clients.clear()
     stops = [defer.maybeDeferred(c.stopService) for c in clients if c.running]
@@ -311,8 +324,13 @@ def _stopClients():
 
 
 def shutdown():
-    """Stop the shared clients now; later calls connect again.  Safe to call twice."""
-    if not _clients and not _services:
+    """Stop the shared clients now; later calls connect again.  Safe to call twice.
+
+    Monitors stop, and calls still waiting fail with ServiceUnavailable.  The
+    Service and Keyword objects stay valid (with their callbacks): their next
+    call connects again.
+    """
+    if not _clients:
         return
     _block(SHUTDOWN_TIMEOUT, "ktl.shutdown", _stopClients)
 
@@ -326,7 +344,7 @@ def _connect(name, cfg, limit):
         raise CauldronTimeout(f"service {name!r}: no answer within {limit:g} s")
 
     d.addTimeout(limit, _reactor(), onTimeoutCancel=expired)
-    return d.addCallback(lambda remote: (remote, client.timeout))
+    return d.addCallback(lambda remote: (remote, client.timeout, _generation))
 
 
 def _connectDeadline(cfg, requestTimeout):
@@ -354,6 +372,7 @@ class Service:
 
     Connecting (the first time) asks the dispatcher for every keyword's
     description, within ``timeout`` seconds (default: the client's deadline).
+    After :func:`shutdown` the same object is returned, connected again.
     """
 
     def __new__(cls, name, config=None, populate=False, timeout=None):
@@ -361,17 +380,19 @@ class Service:
             raise TypeError(f"a service name must be a str, not {type(name).__name__}")
         cfg = _config.load(config)
         key = (name.lower(), cfg)
+        limit = timeout if timeout is not None else _connectDeadline(cfg, DEFAULT_TIMEOUT)
         with _lock:
             service = _services.get(key)
         if service is None:
-            limit = timeout if timeout is not None else _connectDeadline(cfg, DEFAULT_TIMEOUT)
-            remote, requestTimeout = _block(
+            connection = _block(
                 limit, f"service {name.lower()!r}", _connect, name.lower(), cfg, limit
             )
             service = object.__new__(cls)
-            service._setup(remote, cfg, requestTimeout)
+            service._setup(connection, cfg)
             with _lock:
                 service = _services.setdefault(key, service)
+        else:
+            service._ensureConnected(limit)
         if populate:
             service.populate()
         return service
@@ -379,13 +400,64 @@ class Service:
     def __init__(self, name, config=None, populate=False, timeout=None):
         """Everything happens in ``__new__`` (the instance may be a cached one)."""
 
-    def _setup(self, remote, cfg, requestTimeout):
+    def _setup(self, connection, cfg):
+        remote, self.timeout, self._generation = connection
         self.name = remote.name
         self.config = cfg
-        self.timeout = requestTimeout
         self._remote = remote
+        self._reconnecting = []  # reactor thread: Deferreds waiting for a new connection
         self._keywords = {}
         self._keywordLock = threading.Lock()
+
+    # -- the connection, renewed after ktl.shutdown()
+
+    def _stale(self):
+        """Whether :func:`shutdown` closed the connection since it was made."""
+        return self._generation != _generation
+
+    def _ensureConnected(self, limit=None):
+        """Connect again now if :func:`shutdown` closed us.
+
+        Not in the reactor thread, where it would block: there the next
+        operation connects again itself.
+        """
+        if self._stale() and not threadable.isInIOThread():
+            limit = _connectDeadline(self.config, self.timeout) if limit is None else limit
+            _block(limit, f"service {self.name!r}", self._connected, limit)
+
+    def _connected(self, limit):
+        """Reactor thread: a Deferred firing with the open RemoteService.
+
+        One connection attempt serves every caller that needs it meanwhile.
+        """
+        if not self._stale():
+            return defer.succeed(self._remote)
+        waiter = defer.Deferred()
+        self._reconnecting.append(waiter)
+        if len(self._reconnecting) == 1:
+            _connect(self.name, self.config, limit).addBoth(self._reconnected)
+        return waiter
+
+    def _reconnected(self, result):
+        waiters, self._reconnecting = self._reconnecting, []
+        if not isinstance(result, Failure):
+            self._remote, self.timeout, self._generation = result
+            result = self._remote
+        for waiter in waiters:
+            if waiter.called:  # its caller gave up (cancelled)
+                continue
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+    def _clientStopped(self):
+        """Reactor thread, from _stopClients: the monitors ended with the client."""
+        with self._keywordLock:
+            keywords = list(self._keywords.values())
+        for keyword in keywords:
+            keyword._monitorToken = None
+            keyword._subscription = None
 
     def __repr__(self):
         return f"<ktl.Service {self.name}>"
@@ -419,10 +491,11 @@ class Service:
     def isAlive(self):
         """True while the dispatcher's heartbeats arrive (KTL's ``isAlive``).
 
-        False once it missed three of them; True again when it is heard.
-        Reading a flag set in the reactor thread needs no round trip.
+        False once it missed three of them (or :func:`shutdown` closed the
+        connection); True again when it is heard.  Reading a flag set in the
+        reactor thread needs no round trip.
         """
-        return self._remote.connected
+        return not self._stale() and self._remote.connected
 
     def has_keyword(self, name):
         """Whether the service serves ``name`` (case-insensitive)."""
@@ -525,6 +598,20 @@ class Keyword:
     def _deadline(self, timeout):
         return self.service.timeout if timeout is None else timeout
 
+    def _connected(self, limit):
+        """Reactor thread: a Deferred firing with the open RemoteKeyword.
+
+        After :func:`shutdown` the service connects again first.
+        """
+        return self.service._connected(limit).addCallback(self._bind)
+
+    def _bind(self, remoteService):
+        """Reactor thread: follow the service to a new connection; the RemoteKeyword."""
+        if self._remote.service is not remoteService:
+            # UnknownKeyword (a KeyError) if the dispatcher no longer serves it
+            self._remote = remoteService[self.name]
+        return self._remote
+
     # -- dictionary keys
 
     def __getitem__(self, key):
@@ -561,7 +648,7 @@ class Keyword:
 
     def isAlive(self):
         """True while this keyword's dispatcher is heard (see :meth:`Service.isAlive`)."""
-        return self._remote.service.connected
+        return self.service.isAlive()
 
     def read(self, binary=False, both=False, wait=True, timeout=None):
         """The current value from the dispatcher: ascii, binary or ``(binary, ascii)``.
@@ -574,7 +661,8 @@ class Keyword:
         return _block(self._deadline(timeout), what, self._readInReactor, binary, both, timeout)
 
     def _readInReactor(self, binary, both, timeout):
-        d = self._remote.read(binary=binary, both=both, timeout=timeout)
+        d = self._connected(self._deadline(timeout))
+        d.addCallback(lambda remote: remote.read(binary=binary, both=both, timeout=timeout))
         return d.addCallback(self._thenPropagate)
 
     def _thenPropagate(self, result):
@@ -589,8 +677,12 @@ class Keyword:
         """
         what = f"write {self.full_name}"
         if not wait:
-            return Sequence(_start(what, self._remote.write, value, timeout), what)
-        return _block(self._deadline(timeout), what, self._remote.write, value, timeout)
+            return Sequence(_start(what, self._writeInReactor, value, timeout), what)
+        return _block(self._deadline(timeout), what, self._writeInReactor, value, timeout)
+
+    def _writeInReactor(self, value, timeout):
+        d = self._connected(self._deadline(timeout))
+        return d.addCallback(lambda remote: remote.write(value, timeout))
 
     # -- monitoring and callbacks
 
@@ -623,7 +715,8 @@ class Keyword:
         token = self._monitorToken = object()
         if prime:
             self._delivered = None  # priming hands the current value to callbacks
-        d = self._remote.monitor(self._onValue, prime=prime)
+        d = self._connected(self.service.timeout)
+        d.addCallback(lambda remote: remote.monitor(self._onValue, prime=prime))
 
         def subscribed(subscription):
             if self._monitorToken is token:
@@ -696,7 +789,8 @@ class Keyword:
 
         * ``sequence=``: True once that operation completed, False at ``timeout``;
         * ``operator`` and ``value`` (e.g. ``">", 30``): like :meth:`waitFor`;
-        * neither: True once a value newer than the current one arrives.
+        * neither: True once the value changes after the call (as KTL's
+          ``wait()``: the next broadcast), False at ``timeout``.
         """
         if sequence is not None:
             if not isinstance(sequence, Sequence):
@@ -706,9 +800,43 @@ class Keyword:
             if operator not in ("==", "!=", "<", "<=", ">", ">=", "in", "not in"):
                 raise ValueError(f"unknown operator {operator!r}")
             return self.waitFor(f"{operator} {value!r}", timeout=timeout, case=case)
-        start = self._remote.latest
-        epoch = self._remote.service.epoch
-        return self.waitFor(lambda kw: _isNewer(kw._remote.latest, start, epoch), timeout)
+        what = f"wait on {self.full_name}"
+        _notInReactor(what)
+        self.service._ensureConnected()
+        # The cached value is current only while monitored: else it may be
+        # stale, and any fresh value would look like a change.
+        start = self._remote.latest if self._subscription is not None else None
+        call = _start(what, self._waitForChangeInReactor, start, timeout)
+        return _wait(call, timeout, what, stoppedResult=False)
+
+    def _waitForChangeInReactor(self, start, timeout):
+        """Fire True once a value newer than ``start`` arrives, False at ``timeout``.
+
+        Without ``start``, a read first tells the current value.
+        """
+        remote = self._bind(self.service._remote)
+        reactor = _reactor()
+        began = reactor.seconds()
+
+        def waitAfter(baseline):
+            left = None if timeout is None else max(0.0, timeout - (reactor.seconds() - began))
+            return remote.waitFor(
+                lambda value: _isNewer(value, baseline, remote.service.epoch), left
+            )
+
+        if start is not None:
+            return waitAfter(start)
+        readTimeout = None if timeout is None else min(timeout, self.service.timeout)
+
+        def readExpired(failure):
+            failure.trap(CauldronTimeout)
+            if readTimeout != timeout:  # the client's deadline, not the caller's
+                return failure
+            return False  # no value at all within the caller's timeout: no change
+
+        d = remote.read(timeout=readTimeout)
+        d.addCallbacks(lambda _: waitAfter(remote.latest), readExpired)
+        return d
 
     def waitFor(self, expression, timeout=None, case=False):
         """True once ``expression`` holds, False after ``timeout`` s (None: for ever).
@@ -731,7 +859,7 @@ class Keyword:
 
 
 def _waitForExpression(text, timeout, case, config):
-    expression = expressions.parse(text)
+    expression = expressions.parse(text)  # refuses anything over budget, before any I/O
     keywords = [Service(service, config)[name] for service, name in expression.operands]
 
     def holds():
@@ -743,32 +871,50 @@ def _waitForExpression(text, timeout, case, config):
 
 def _waitFor(keywords, predicate, timeout, what):
     _notInReactor(what)
+    for service in {id(kw.service): kw.service for kw in keywords}.values():
+        service._ensureConnected()
     call = _start(what, _waitForInReactor, keywords, predicate, timeout)
     return _wait(call, timeout, what, stoppedResult=False)
 
 
 def _waitForInReactor(keywords, predicate, timeout):
-    """Monitor every keyword (primed) and fire True once ``predicate()`` holds."""
-    result = defer.Deferred()
-    remotes = list({id(kw._remote): kw._remote for kw in keywords}.values())
+    """Monitor every keyword (primed) and fire True once ``predicate()`` holds.
+
+    Cancelling the result (the caller's deadline passed first) stops every
+    monitor and the timer, as finishing does.
+    """
+    done = False
     subscriptions = []
+    primings = []
     timer = None
 
-    def finish(outcome):
-        if result.called:
-            return
+    def release():
+        nonlocal done
+        done = True
         if timer is not None and timer.active():
             timer.cancel()
         for subscription in subscriptions:
             subscription.stop()
+        for priming in primings:
+            if not priming.called:
+                priming.cancel()  # its subscription stops; finish() ignores the error
+
+    result = defer.Deferred(canceller=lambda d: None if done else release())
+
+    def finish(outcome):
+        if done:
+            return
+        release()
         if isinstance(outcome, Failure):
             result.errback(outcome)
+        elif isinstance(outcome, Exception):
+            result.errback(Failure(outcome))
         else:
             result.callback(outcome)
 
     def check(_value=None):
         # Evaluate only once every operand is primed: never on stale values.
-        if result.called or len(subscriptions) < len(remotes):
+        if done or len(subscriptions) < len(remotes):
             return
         if any(remote.latest is None for remote in remotes):
             return
@@ -781,16 +927,25 @@ def _waitForInReactor(keywords, predicate, timeout):
             finish(True)
 
     def subscribed(subscription):
-        subscriptions.append(subscription)
-        if result.called:
+        if done:
             subscription.stop()
-        else:
-            check()
+            return
+        subscriptions.append(subscription)
+        subscription.onEnd = finish  # the client stopped (ktl.shutdown): fail, never hang
+        check()
 
+    remotes = []
+    for kw in keywords:
+        remote = kw._bind(kw.service._remote)
+        if all(remote is not other for other in remotes):
+            remotes.append(remote)
     if timeout is not None:
         timer = _reactor().callLater(timeout, finish, False)
     for remote in remotes:
+        if done:  # a monitor failed at once
+            break
         d = remote.monitor(check, prime=True)
+        primings.append(d)
         d.addCallbacks(subscribed, finish)
     return result
 

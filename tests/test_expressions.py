@@ -3,8 +3,11 @@
 import subprocess
 import sys
 import time
+import tracemalloc
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cauldron import expressions
 from cauldron.expressions import Value, parse
@@ -182,3 +185,187 @@ def test_pure_python_no_twisted_nor_zmq():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60)
     assert (result.returncode, result.stdout.strip()) == (0, "[]"), result.stderr
+
+
+# -- the budget: size and steps ---------------------------------------------------------
+
+
+class Peak:
+    """The most memory (bytes, as tracemalloc counts it) allocated inside the block."""
+
+    def __enter__(self):
+        tracemalloc.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.bytes = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+
+
+def refused(text, values=None, case=True):
+    """The BudgetExceeded raised by parsing or evaluating ``text``; memory stays small."""
+    with Peak() as peak:
+        with pytest.raises(expressions.BudgetExceeded) as info:
+            parse(text).evaluate(values or {}, case=case)
+    assert peak.bytes < 4 * 2**20
+    return info.value
+
+
+def test_the_budget_is_documented_and_small():
+    assert expressions.MAX_SIZE == 10_000
+    assert expressions.MAX_STEPS == 1_000_000
+    assert expressions.MAX_INT_BITS == 100_000
+    assert issubclass(expressions.BudgetExceeded, ValueError)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # the reported expression: 34 s and 1.46 GB before a MemoryError
+        "$demo.X in (((1,)*10000,)*10000,)*10000",
+        "$demo.X in [[0] * 10000] * 10000",
+        "$demo.X == (('a' * 10000,) * 10000,)",
+        "$demo.X == ((1,)*5000,)*2",
+        "$demo.X == 2 * ((1, 2),) * 2500",
+    ],
+)
+def test_nested_repetition_is_refused_by_parse_before_anything_is_built(text):
+    with Peak() as peak:
+        with pytest.raises(expressions.BudgetExceeded, match="repetition too long"):
+            parse(text)  # constant parts are checked here, before any I/O
+    assert peak.bytes < 4 * 2**20
+
+
+def test_sizes_count_every_item_recursively():
+    # ((1,)*4999,) has 1 + 4999 items: twice that is exactly the budget
+    assert parse("((1,)*4999,)*2 != ()").evaluate({}) is True
+    refused("((1,)*5000,)*2 != ()")
+    assert parse("('ab',)*3333 != ()").evaluate({}) is True  # 3333 items + 6666 characters
+    refused("('ab',)*3334 != ()")
+    # a display holds references only, but its size counts when it is repeated
+    refused("((1,)*5000, (1,)*5000) * 1 != ()")
+    assert parse("[] * 10**15 == []").evaluate({}) is True  # nothing built
+
+
+def test_concatenation_chains_are_refused():
+    assert parse("[0]*5000 + [0]*5000 != []").evaluate({}) is True
+    refused("'a'*5000 + 'a'*5000 + 'a' == ''")
+    refused("((0,)*5000,) + ((0,)*5000,) != ()")
+    refused("(('a',)*2500 + ('a',)*2500) + ('a',) != ()")
+    error = refused("$demo.L + $demo.L == []", {("demo", "L"): [1.5] * 6000})
+    assert "concatenation too long" in str(error)
+
+
+def test_big_strings_are_refused():
+    refused("('a' * 10000) * 2 == ''")
+    refused("'ab' * 5001 == ''")
+    assert parse("$demo.S * 2 != ''").evaluate({("demo", "S"): "x" * 5000}) is True
+    error = refused("$demo.S * 3 == ''", {("demo", "S"): "x" * 4000})
+    assert "repetition too long" in str(error) and "12000" in str(error)
+    refused("$demo.S * 3 == ''", {("demo", "S"): ["x" * 4000]})  # a list's string counts too
+
+
+def test_exponentiation_and_other_integer_growth_is_refused():
+    for text in ["(2 ** 50000) ** 2 > 1", "3 ** (2 ** 17) > 1", "(1 << 99999) << 2 > 1",
+                 "(2 ** 60000) * (2 ** 60000) > 1", "((7 ** 10) ** 10) ** 10000 > 1"]:
+        assert "bits" in str(refused(text))
+    assert parse("-~(2 ** 99998) > 0 and (2 ** 99998) ^ 1 > 1").evaluate({}) is True
+
+
+def test_steps_bound_the_work_of_one_evaluation():
+    # each clause alone is cheap; a thousand of them are not
+    clause = "$demo.L == $demo.M"
+    values = {("demo", "L"): [0.5] * 5000, ("demo", "M"): [0.5] * 5000}
+    assert parse(clause).evaluate(values) is True
+    error = refused(" and ".join([clause] * 300), values)
+    assert "evaluation too long" in str(error) and "$demo.L == $demo.M" in str(error)
+    # constant work counts too, and is refused at parse time
+    with pytest.raises(expressions.BudgetExceeded, match="evaluation too long"):
+        parse(" or ".join(["(0,)*10000 == (1,)*10000"] * 60))
+    with pytest.raises(expressions.BudgetExceeded, match="evaluation too long"):
+        parse(" or ".join(["2 ** 99999 > 3 ** 62000"] * 20))
+
+
+def test_case_folding_big_lists_counts():
+    words = {("demo", "L"): ["Ab"] * 3000, ("demo", "M"): ["aB"] * 3000}
+    assert parse("$demo.L == $demo.M").evaluate(words, case=False) is True
+    refused(" and ".join(["$demo.L == $demo.M"] * 30), words, case=False)
+    # numbers are never folded: a big array compares cheaply either way
+    array = {("demo", "A"): [1.5] * 100_000}
+    assert parse("$demo.A == [1.5] or 1.5 in $demo.A").evaluate(array, case=False) is True
+
+
+def test_large_operands_still_compare():
+    # a keyword value may be up to a megabyte: comparing it is fine, building on it is not
+    text = "ab" * 500_000
+    assert parse("$demo.S == 'x' or $demo.S != 'y'").evaluate({("demo", "S"): text},
+                                                                 case=False) is True
+    assert parse("$demo.S == $demo.S").evaluate({("demo", "S"): text}) is True
+    refused("$demo.S + 'x' == ''", {("demo", "S"): text})
+
+
+def test_constants_are_evaluated_once_and_case_is_honoured():
+    e = parse("$demo.MODE in ('ON', 'OFF') and 'A' == 'a'")
+    assert e.evaluate({MODE: Value(1, "on")}, case=False) is True
+    assert e.evaluate({MODE: Value(1, "on")}, case=True) is False
+    # errors in constant parts wait for evaluation, where they may be skipped
+    assert parse("$demo.TEMP > 1 or 1 / 0").evaluate(values(3.0)) is True
+    with pytest.raises(ZeroDivisionError):
+        parse("$demo.TEMP > 5 or 1 / 0").evaluate(values(3.0))
+
+
+def test_error_messages_stay_short():
+    error = refused("$demo.X == ((0,)*10000,) * 10000")
+    assert len(str(error)) < 200
+    error = refused("$demo.S * 20000 == ''", {("demo", "S"): "x" * 100_000})
+    assert len(str(error)) < 200
+
+
+# Random small expressions over the whole allow-list: each either evaluates or
+# fails with an ordinary error (BudgetExceeded among them), quickly and in little
+# memory.  Literals include the numbers that make things grow.
+_ATOMS = st.one_of(
+    st.integers(-10**6, 10**6).map(str),
+    st.sampled_from(["0", "1", "2", "3", "9", "-1", "64", "100", "10000", "99999", "100000",
+                     "10**6", "2**64", "True", "None", "1.5", "1e308", "2j", "''"]),
+    st.text(alphabet="aBß", max_size=6).map(repr),
+    st.sampled_from(["$demo.TEMP", "$demo.MODE", "$demo.LIST", "$demo.TEXT", "$demo.WORDS"]),
+)
+_OPERANDS = {
+    ("demo", "TEMP"): Value(3.5, "3.5"),
+    ("demo", "MODE"): Value(1, "On"),
+    ("demo", "LIST"): Value([1.5, -2.0] * 500, "1.5 -2.0 ..."),
+    ("demo", "TEXT"): Value("ab" * 300, "ab" * 300),
+    ("demo", "WORDS"): Value(["On", "Off"] * 100, "On Off ..."),
+}
+
+
+def _extend(children):
+    binary = st.sampled_from(["+", "-", "*", "/", "//", "%", "**", "<<", ">>", "&", "|", "^"])
+    compare = st.sampled_from(["==", "!=", "<", "<=", ">", ">=", "in", "not in"])
+    growth = st.sampled_from(["* 10", "* 100", "* 5000", "* 99999", "** 64", "** 9999", "<< 9999"])
+    return st.one_of(
+        st.tuples(children, binary, children).map(lambda t: f"({t[0]} {t[1]} {t[2]})"),
+        st.tuples(children, growth).map(lambda t: f"({t[0]} {t[1]})"),
+        st.tuples(children, growth).map(lambda t: f"(({t[0]},) {t[1]})"),  # nested growth
+        st.tuples(st.sampled_from(["-", "+", "~", "not "]), children).map("".join)
+        .map(lambda t: f"({t})"),
+        st.tuples(children, compare, children).map(lambda t: f"({t[0]} {t[1]} {t[2]})"),
+        st.tuples(children, st.sampled_from(["and", "or"]), children)
+        .map(lambda t: f"({t[0]} {t[1]} {t[2]})"),
+        st.lists(children, max_size=4).map(lambda xs: "(" + "".join(x + ", " for x in xs) + ")"),
+        st.lists(children, max_size=4).map(lambda xs: "[" + ", ".join(xs) + "]"),
+    )
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=st.recursive(_ATOMS, _extend, max_leaves=14), case=st.booleans())
+def test_random_expressions_stay_within_the_budget(text, case):
+    started = time.monotonic()
+    with Peak() as peak:
+        try:
+            parse(text).evaluate(_OPERANDS, case=case)
+        except (ValueError, TypeError, ZeroDivisionError):  # BudgetExceeded is a ValueError
+            pass
+    assert peak.bytes < 16 * 2**20, text
+    assert time.monotonic() - started < 2, text  # the budget is about 10 ms of work

@@ -32,7 +32,7 @@ if CHILD:
     from twisted.internet import defer
     from twisted.logger import globalLogPublisher
 
-    from cauldron import config, errors, keywords, ktl
+    from cauldron import config, errors, expressions, keywords, ktl
     from cauldron.dispatcher import DispatcherService
     from cauldron.protocol import codec
     from cauldron.transport import portOf
@@ -59,6 +59,7 @@ class Hooks:
         self.slowWrites = []  # Deferreds of SLOW writes, released by the test
         self.slowCalled = threading.Event()
         self.hung = []  # Deferreds of HANG reads: the dispatcher never answers them
+        self.dispatcher = None  # the DispatcherService, once started
 
     def hangPreread(self):
         d = defer.Deferred()
@@ -120,6 +121,7 @@ def demo():
                 hooks.tempPrimed.set()
 
         dispatcher._subscribed = subscribed
+        hooks.dispatcher = dispatcher
         dispatcher.startService()
         return dispatcher.whenReady().addCallback(lambda addresses: (dispatcher, addresses))
 
@@ -165,6 +167,24 @@ def loggedFailures():
     globalLogPublisher.addObserver(observe)
     yield events
     globalLogPublisher.removeObserver(observe)
+
+
+def setAtTheDispatcher(hooks, name, value):
+    """Change a value at the dispatcher (a client keyword not monitored never hears of it)."""
+    crochet.wait_for(WAIT)(lambda: hooks.dispatcher[name].set(value))()
+
+
+def until(predicate, what="condition"):
+    """Wait for another thread's doing, with a deadline (polled: there is no event to wait on)."""
+    deadline = time.monotonic() + WAIT
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what}: not reached in time"
+        threading.Event().wait(0.01)
+
+
+def pendingCall(part):
+    """Whether a ktl call whose description contains ``part`` waits in the reactor."""
+    return any(part in call.what for call in list(ktl._pending))
 
 
 def unreachableConfig():
@@ -537,6 +557,7 @@ def test_keyword_wait_for_forms(svc):
 def test_keyword_wait_for_the_next_value(svc, cfg, hooks):
     temp = svc["TEMP"]
     temp.write(9)
+    setAtTheDispatcher(hooks, "TEMP", 9.5)  # the cached 9.0 is stale: no change to wait for
     hooks.tempPrimed.clear()
 
     def writer():
@@ -546,8 +567,81 @@ def test_keyword_wait_for_the_next_value(svc, cfg, hooks):
     thread = threading.Thread(target=writer)
     thread.start()
     assert temp.wait(timeout=WAIT) is True
+    assert temp["binary"] == 10.0  # the writer's change, not the one before the call
     thread.join(WAIT)
-    assert temp["binary"] == 10.0
+
+
+def test_keyword_wait_is_false_when_nothing_changes_after_the_call(svc, hooks):
+    """wait() waits for a change after the call; the stale cached value of an
+    unmonitored keyword used to make the first fresh value count as one."""
+    s3 = svc["S3"]
+    s3.write("seen")  # cached by the client
+    setAtTheDispatcher(hooks, "S3", "changed before the call")
+    started = time.monotonic()
+    assert s3.wait(timeout=0.3) is False
+    assert time.monotonic() - started >= 0.3
+    assert s3["ascii"] == "changed before the call"
+
+
+def test_keyword_wait_on_a_monitored_keyword(svc, hooks):
+    """A monitored keyword's cached value is current: a change after the call is seen."""
+    s1 = svc["S1"]
+    s1.monitor()
+    try:
+        assert s1.wait(timeout=0.2) is False
+        outcome = queue.Queue()
+        thread = threading.Thread(target=lambda: outcome.put(s1.wait(timeout=WAIT)))
+        thread.start()
+        until(lambda: pendingCall("demo.S1"), "wait() started")
+        setAtTheDispatcher(hooks, "S1", f"changed at {time.monotonic()}")
+        assert outcome.get(timeout=WAIT) is True
+        thread.join(WAIT)
+    finally:
+        s1.monitor(start=False)
+
+
+def test_wait_given_up_by_its_caller_leaves_no_monitor(svc, cfg, monkeypatch):
+    """The caller's deadline passing before the reactor's timer (a stalled reactor,
+    here a negative grace) cancels the wait, and that stops its monitors."""
+    s2 = svc["S2"]
+    s2.write("now")
+    monkeypatch.setattr(ktl, "GRACE", -0.3)  # the caller gives up 0.3 s before the timer
+    waits = [
+        lambda: ktl.waitFor("$demo.S2 == 'never'", timeout=0.5, config=cfg),
+        lambda: s2.waitFor(lambda kw: False, timeout=0.5),
+        lambda: s2.wait(operator="==", value="never", timeout=0.5),
+        lambda: s2.wait(timeout=0.5),
+    ]
+    for wait in waits:
+        with pytest.raises(errors.CauldronTimeout):
+            wait()
+        crochet.wait_for(WAIT)(lambda: None)()  # the cancellation has run in the reactor
+        assert not s2._remote.monitored, waits.index(wait)
+
+
+def test_shutdown_releases_a_blocked_wait_for(svc, cfg):
+    """A waitFor blocked in another thread fails when ktl.shutdown() stops its client
+    (it used to go on waiting on monitors that had ended: for ever, without a timeout)."""
+    outcome = queue.Queue()
+
+    def waiter():
+        try:
+            outcome.put(ktl.waitFor("$demo.S0 == 'never'", timeout=3 * WAIT, config=cfg))
+        except Exception as e:  # reported below
+            outcome.put(e)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+
+    def primed():
+        remote = svc["S0"]._remote  # (bound anew if the service connected again)
+        return pendingCall("waitFor") and remote.monitored and remote._active
+
+    until(primed, "waitFor primed")
+    ktl.shutdown()
+    result = outcome.get(timeout=WAIT)
+    thread.join(WAIT)
+    assert isinstance(result, errors.ServiceUnavailable), result
 
 
 def test_wait_for_rejects_unsafe_expressions_before_any_io(cfg):
@@ -557,6 +651,16 @@ def test_wait_for_rejects_unsafe_expressions_before_any_io(cfg):
             ktl.waitFor(text, timeout=1, config=cfg)
     with pytest.raises(ValueError):
         ktl.waitFor("$demo.TEMP > 1 and (lambda: 1)", timeout=1, config=cfg)
+
+
+def test_wait_for_refuses_an_expression_over_budget_before_any_io():
+    """The reported expression (34 s and 1.46 GB in the reactor thread) is refused
+    at once: here no dispatcher listens, so any I/O would end in a timeout instead."""
+    started = time.monotonic()
+    with pytest.raises(expressions.BudgetExceeded, match="repetition too long"):
+        ktl.waitFor("$demo.TEMP in (((1,)*10000,)*10000,)*10000", timeout=WAIT,
+                    config=unreachableConfig())
+    assert time.monotonic() - started < ktl.DEFAULT_TIMEOUT
 
 
 def test_wait_for_an_unknown_keyword_is_a_key_error(cfg):
@@ -609,12 +713,6 @@ def test_is_alive_follows_the_heartbeats():
 
         return start()
 
-    def until(predicate):
-        deadline = time.monotonic() + WAIT
-        while not predicate():
-            assert time.monotonic() < deadline, "not reached in time"
-            threading.Event().wait(0.01)
-
     first, (dispatch, broadcast) = startAlive()
     cfg = directConfig(portOf(dispatch), portOf(broadcast))
     svc = ktl.Service("alive", cfg)
@@ -633,14 +731,42 @@ def test_is_alive_follows_the_heartbeats():
 
 
 def test_shutdown_then_use_again(cfg):
+    """Objects held across ktl.shutdown() stay valid: their next call connects again.
+
+    Monitors end with the client; callbacks stay registered.
+    """
     before = ktl.Service("demo", cfg)
-    ktl.shutdown()
-    ktl.shutdown()
-    after = ktl.Service("demo", cfg)
-    assert after is not before
-    assert after["TEMP"].read(binary=True) == after["TEMP"]["binary"]
-    with pytest.raises(errors.ServiceUnavailable):
-        before["TEMP"].read()
+    temp, count, msg = before["TEMP"], before["COUNT"], before["MSG"]
+    seen = queue.Queue()
+    count.callback(seen.put)
+    try:
+        count.monitor()
+        assert seen.get(timeout=WAIT) is count
+        ktl.shutdown()
+        ktl.shutdown()
+        assert count["monitored"] is False
+        assert not before.isAlive() and not temp.isAlive()
+        assert temp.read(binary=True) == temp["binary"]  # connects again
+        assert before.isAlive() and temp.isAlive()
+        assert ktl.Service("demo", cfg) is before and before["TEMP"] is temp
+        ktl.shutdown()
+        assert ktl.read("demo", "TEMP", config=cfg) == temp["ascii"]
+        ktl.shutdown()
+        assert msg.wait(sequence=msg.write("again", wait=False), timeout=WAIT) is True
+        ktl.shutdown()
+        count.monitor()
+        assert count["monitored"] is True
+        count.write(count.read(binary=True) + 1)
+        until(lambda: seen.qsize() >= 2, "callbacks after monitoring again")
+        ktl.shutdown()
+        assert ktl.waitFor("$demo.MSG == 'again'", timeout=WAIT, config=cfg) is True
+        ktl.shutdown()
+        assert msg.waitFor("== 'again'", timeout=WAIT) is True
+        ktl.shutdown()
+        assert msg.wait(timeout=0.05) is False
+    finally:
+        count.monitor(start=False)
+        count.callback(seen.put, remove=True)
 
 
 # -- interpreter exit -----------------------------------------------------------------------
