@@ -549,7 +549,7 @@ class BroadcastTests(unittest.TestCase):
         """broadcast() publishes every keyword's current value again."""
         a, b = keywords.Integer("A", initial=1), keywords.Integer("B", initial=2)
         dispatcher = yield startDispatcher(self, [a, b], heartbeatInterval=0.02)
-        listener = Listener(self, dispatcher, [codec.UPDATE_TOPIC_PREFIX])
+        listener = Listener(self, dispatcher, [codec.topicFor("A"), codec.topicFor("B")])
         yield listener.ready()
         dispatcher.broadcast()
         yield eventually(lambda: len(listener.updates()) >= 2)

@@ -7,11 +7,15 @@ from twisted.internet import reactor as globalReactor
 from twisted.trial import unittest
 
 from cauldron.transport import AddressInUse, Transport, bindAddress, portOf
+from cauldron.transport.publisher import MAX_SUBSCRIPTION_BYTES, SUBSCRIPTION_HIGH_WATER_MARK
 from cauldron.transport.sockets import (
+    CONNECT_TIMEOUT_MS,
     HIGH_WATER_MARK,
     LINGER_MS,
     MAX_MESSAGE_BYTES,
     READ_BATCH,
+    TCP_MAXRT_MS,
+    ZMTP_HEARTBEAT_MS,
 )
 
 
@@ -43,19 +47,34 @@ class TransportTests(unittest.TestCase):
         self.addCleanup(self.transport.shutdown)
 
     def test_socketOptions(self):
-        """Every socket type gets the high-water marks, the maximum message size and the linger."""
+        """Every socket gets high-water marks, a maximum message size, a linger, and
+        the options that drop connections to frozen or cut-off peers.
+
+        A publisher takes only small subscriptions, one at a time; a
+        subscriber queues all its subscriptions (they are few, and one lost
+        at a reconnection would be lost for good).
+        """
         sockets = {
             "router": self.transport.router(lambda identity, frames: None),
             "dealer": self.transport.dealer(lambda frames: None),
             "publisher": self.transport.publisher(),
             "subscriber": self.transport.subscriber(lambda frames: None),
         }
+        expected = {
+            "publisher": (HIGH_WATER_MARK, SUBSCRIPTION_HIGH_WATER_MARK, MAX_SUBSCRIPTION_BYTES),
+            "subscriber": (0, HIGH_WATER_MARK, MAX_MESSAGE_BYTES),
+        }
         for kind, connection in sockets.items():
             socket = connection.socket
-            self.assertEqual(socket.get(zmq.SNDHWM), HIGH_WATER_MARK, kind)
-            self.assertEqual(socket.get(zmq.RCVHWM), HIGH_WATER_MARK, kind)
-            self.assertEqual(socket.get(zmq.MAXMSGSIZE), MAX_MESSAGE_BYTES, kind)
+            sendMark, receiveMark, largest = expected.get(
+                kind, (HIGH_WATER_MARK, HIGH_WATER_MARK, MAX_MESSAGE_BYTES))
+            self.assertEqual(socket.get(zmq.SNDHWM), sendMark, kind)
+            self.assertEqual(socket.get(zmq.RCVHWM), receiveMark, kind)
+            self.assertEqual(socket.get(zmq.MAXMSGSIZE), largest, kind)
             self.assertEqual(socket.get(zmq.LINGER), LINGER_MS, kind)
+            self.assertEqual(socket.get(zmq.HEARTBEAT_IVL), ZMTP_HEARTBEAT_MS, kind)
+            self.assertEqual(socket.get(zmq.TCP_MAXRT), TCP_MAXRT_MS, kind)
+            self.assertEqual(socket.get(zmq.CONNECT_TIMEOUT), CONNECT_TIMEOUT_MS, kind)
         self.assertEqual(sockets["router"].socket.get(zmq.TYPE), zmq.ROUTER)
         self.assertEqual(sockets["dealer"].socket.get(zmq.TYPE), zmq.DEALER)
         self.assertEqual(sockets["publisher"].socket.get(zmq.TYPE), zmq.XPUB)

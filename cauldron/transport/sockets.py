@@ -11,15 +11,22 @@ reactor used behind the caller's back.  Every socket made here has:
 * a linger of :data:`LINGER_MS` so closing never blocks for long;
 * at most :data:`READ_BATCH` messages handled per reactor read callback before
   yielding, so a flood cannot starve timers (heartbeats);
-* every scheduled call made on the reactor given to :class:`Transport`.
+* every scheduled call made on the reactor given to :class:`Transport`;
+* on TCP, ZMTP heartbeats and a bound on unacknowledged data
+  (:data:`ZMTP_HEARTBEAT_MS`, :data:`TCP_MAXRT_MS`) and on connection
+  attempts (:data:`CONNECT_TIMEOUT_MS`), so a connection to a frozen or
+  cut-off peer is dropped within seconds and reconnected at once after a
+  heal, instead of waiting for the kernel's retransmission backoff.
 
 ROUTER sockets report the peer identity with each message and send replies
-to it; the identity is ZeroMQ's, never a value the peer chose.
+to it; the identity is ZeroMQ's, never a value the peer chose.  Publishers
+(XPUB) take far less from their peers: see
+:mod:`cauldron.transport.publisher`.
 """
 
 import zmq
 from twisted.logger import Logger
-from txzmq import ZmqConnection, ZmqFactory
+from txzmq import ZmqConnection
 
 __all__ = [
     "HIGH_WATER_MARK",
@@ -28,7 +35,6 @@ __all__ = [
     "READ_BATCH",
     "AddressInUse",
     "QueueFull",
-    "Transport",
     "bindAddress",
     "portOf",
 ]
@@ -42,6 +48,15 @@ SAFETY_POLL_SECONDS = 0.5
 HANDSHAKE_MS = 5000
 RECONNECT_MS = 100
 RECONNECT_MAX_MS = 1000
+#: ZMTP PING every second; a connection silent for three is dropped (both ends)
+ZMTP_HEARTBEAT_MS = 1000
+ZMTP_HEARTBEAT_TIMEOUT_MS = 3000
+#: a TCP connection whose sent data stays unacknowledged this long is dropped
+#: (TCP_USER_TIMEOUT), so the kernel gives up retransmitting stale requests
+TCP_MAXRT_MS = 5000
+#: a connection attempt unanswered this long is retried (a pending SYN would
+#: otherwise wait for the kernel's backoff, seconds after a partition heals)
+CONNECT_TIMEOUT_MS = 1000
 
 log = Logger()
 
@@ -96,6 +111,10 @@ class _Connection(ZmqConnection):
         self.closed = False
         super().__init__(factory)
         self.socket.set(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        self.socket.set(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_MS)
+        self.socket.set(zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_TIMEOUT_MS)
+        self.socket.set(zmq.TCP_MAXRT, TCP_MAXRT_MS)
+        self.socket.set(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
         self.socket.set(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
         self._configure(self.socket)
 
@@ -243,106 +262,21 @@ class DealerConnection(_Connection):
     socketType = zmq.DEALER
 
 
-class PublisherConnection(_Connection):
-    """A publisher that hears subscriptions (an XPUB socket).
+class SubscriberConnection(_Connection):
+    """A SUB with explicit ``subscribe``/``unsubscribe`` by topic prefix.
 
-    ``onSubscribe(topic)`` is called for every subscription a subscriber
-    makes, so the publisher can send the topic's current value at once: the
-    subscriber then knows its subscription is live and has the latest value
-    (ZeroMQ's slow-joiner problem).  Sending drops, never blocks, when a
-    subscriber is at its high-water mark.
+    Its send queue (subscriptions only: a few per monitored keyword) has no
+    high-water mark: libzmq sends every subscription again after a
+    reconnection, and drops those beyond the mark for good.
     """
 
-    socketType = zmq.XPUB
-
-    def __init__(self, factory, onSubscribe=None):
-        self._onSubscribe = onSubscribe or (lambda topic: None)
-        super().__init__(factory, self._subscriptionReceived)
+    socketType = zmq.SUB
 
     def _configure(self, socket):
-        socket.set(zmq.XPUB_VERBOSE, 1)
-
-    def _subscriptionReceived(self, frames):
-        kind = frames[0][:1] if len(frames) == 1 else None
-        if kind == b"\x01":
-            self._onSubscribe(frames[0][1:])
-        elif kind != b"\x00":  # an unsubscription needs no answer
-            self.malformed += 1
-
-    def send(self, frames):
-        """Publish; never blocks and never raises for slow subscribers."""
-        self._sendFrames(frames)
-
-
-class SubscriberConnection(_Connection):
-    """A SUB with explicit ``subscribe``/``unsubscribe`` by topic prefix."""
-
-    socketType = zmq.SUB
+        socket.set(zmq.SNDHWM, 0)
 
     def subscribe(self, topic):
         self.socket.set(zmq.SUBSCRIBE, topic)
 
     def unsubscribe(self, topic):
         self.socket.set(zmq.UNSUBSCRIBE, topic)
-
-
-class Transport:
-    """Makes sockets for one service and closes them all at :meth:`shutdown`.
-
-    One ZeroMQ context per Transport, on the reactor given; its sockets are
-    polled by the reactor, with a slow safety poll against lost edges.
-    """
-
-    def __init__(self, reactor):
-        self.reactor = reactor
-        self._factory = ZmqFactory()
-        self._factory.reactor = reactor
-        self._factory.lingerPeriod = LINGER_MS
-        self._poll = reactor.callLater(SAFETY_POLL_SECONDS, self._safetyPoll)
-
-    def _safetyPoll(self):
-        self._poll = self.reactor.callLater(SAFETY_POLL_SECONDS, self._safetyPoll)
-        for connection in list(self._factory.connections):
-            try:
-                connection.doRead()
-            except Exception:
-                log.failure("safety poll of {conn!r} failed", conn=connection)
-
-    def router(self, onMessage):
-        return RouterConnection(self._factory, onMessage)
-
-    def dealer(self, onMessage):
-        return DealerConnection(self._factory, onMessage)
-
-    def publisher(self, onSubscribe=None, isTopic=None):
-        return PublisherConnection(self._factory, onSubscribe)
-
-    def subscriber(self, onMessage):
-        return SubscriberConnection(self._factory, onMessage)
-
-    @property
-    def closed(self):
-        """True once :meth:`shutdown` ran: no socket can be made any more."""
-        return self._factory is None
-
-    def close(self, connection, discard=False):
-        """Close one socket now (others stay open).
-
-        With ``discard``, messages still queued for sending are dropped at
-        once instead of lingering.
-        """
-        if discard and not connection.closed:
-            connection.socket.set(zmq.LINGER, 0)
-        connection.shutdown()
-
-    def shutdown(self):
-        """Close every socket and the context; safe to call twice."""
-        if self._factory is None:
-            return
-        if self._poll.active():
-            self._poll.cancel()
-        for connection in list(self._factory.connections):
-            connection.shutdown()
-        self._factory.connections = set()
-        self._factory.context.term()
-        self._factory = None
