@@ -340,6 +340,7 @@ class DispatcherService(service.Service):
         if run != self._run:
             return None  # a previous run's outcome: the stop that ended it answered already
         self._starting = None
+        self.state = STOPPED  # it gave up: nothing about it may look alive
         log.error("dispatcher {name} could not start: {why}", name=self.name,
                   why=failure.getErrorMessage())
         self._setReady(failure.value)

@@ -301,6 +301,7 @@ class TakeoverTests(RouterTestCase):
             error = yield self.assertFailure(dispatcher.whenReady(), errors.LeaseConflict)
         self.assertIn("keeps renewing", str(error))
         self.assertEqual(error.detail["host"], "elsewhere")
+        self.assertEqual((dispatcher.state, dispatcher.dispatchAddress), ("stopped", None))
         lines = [formatEvent(e) for e in events if "holds it" in formatEvent(e)]
         self.assertEqual(len(lines), 1)
         self.assertIn("a live dispatcher holds it (host elsewhere", lines[0])
