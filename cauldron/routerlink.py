@@ -26,8 +26,7 @@ from cauldron.errors import (
 from cauldron.protocol.messages import Lease, Locate, Register, Release, Renew
 from cauldron.requests import RequestChannel
 from cauldron.router import DEFAULT_LEASE_TTL, RouterService
-from cauldron.transport import AddressInUse, bindAddress
-from cauldron.transport.probe import addressFree
+from cauldron.transport import AddressInUse, addressFree, bindAddress
 
 __all__ = ["RouterLink", "Locator", "routerChannel", "spawnRouterProcess", "advertisedHost"]
 
