@@ -16,6 +16,9 @@ import time
 import pytest
 from test_router_processes import FOREGROUND, READY, Processes, Setup
 
+#: a slow module: CI runs it as its own step (``python -m pytest -m slow``)
+pytestmark = pytest.mark.slow
+
 DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "clientdriver.py")
 HEARTBEAT = "1"
 #: the issue's targets, in seconds

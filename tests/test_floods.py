@@ -22,6 +22,9 @@ from processes import DEADLINE, TWISTD, Process, cauldron
 from cauldron.protocol import codec
 from cauldron.protocol.messages import Read, Value
 
+#: a slow module: CI runs it as its own step (``python -m pytest -m slow``)
+pytestmark = pytest.mark.slow
+
 SERVICE = "flood"
 HEARTBEAT = 0.5
 #: how late a heartbeat may be

@@ -25,6 +25,9 @@ import netns
 import pytest
 from processes import DEADLINE, TWISTD
 
+#: a slow module: CI runs it as its own step (``python -m pytest -m slow``)
+pytestmark = pytest.mark.slow
+
 HOSTS = ["router", "disp-a", "disp-b", "client"]
 SUBNET = "10.213.7"
 ROUTER_PORT = 6510
