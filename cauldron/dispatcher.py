@@ -495,13 +495,13 @@ class DispatcherService(service.Service):
 
     # -- serving requests
 
-    def _received(self, identity, frames):
-        reply = answer(frames, self._handlers, self, identity, self.malformed)
+    def _received(self, peer, frames):
+        reply = answer(frames, self._handlers, self, peer, self.malformed)
         if isinstance(reply, defer.Deferred):
-            reply.addCallback(self._replyLater, identity)
+            reply.addCallback(self._replyLater, peer)
             reply.addErrback(self._replyFailed)
         elif reply is not None:
-            self._reply(identity, reply)
+            self._reply(peer, reply)
 
     def _replyLater(self, message, identity):
         if message is not NO_REPLY:

@@ -143,15 +143,15 @@ class RouterService(service.Service):
 
     # -- requests
 
-    def _received(self, identity, frames):
+    def _received(self, peer, frames):
         if self.verbose >= 3:
             self._logRequest(frames)
-        reply = answer(frames, self._handlers, self, identity, self.malformed, "CauldronError")
+        reply = answer(frames, self._handlers, self, peer, self.malformed, "CauldronError")
         if reply is None:
             return
         if isinstance(reply, Error):
             self._say(1, "refused: {error}: {message}", error=reply.error, message=reply.message)
-        self._socket.sendTo(identity, codec.encode(reply))
+        self._socket.sendTo(peer, codec.encode(reply))
 
     def _logRequest(self, frames):
         try:

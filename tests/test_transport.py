@@ -115,6 +115,52 @@ class TransportTests(unittest.TestCase):
         self.assertEqual(got["A"], [[b"1", b"A"]])
         self.assertEqual(got["B"], [[b"1", b"B"]])
 
+    @defer.inlineCallbacks
+    def test_peerTellsItsAddress(self):
+        """A ROUTER's peer is its identity, and tells its numeric address (and no user id)."""
+        peers = []
+        router = self.transport.router(lambda peer, frames: peers.append(peer))
+        address = router.bind(bindAddress("tcp", HOST, 0))
+        dealer = self.transport.dealer(lambda frames: None)
+        dealer.connect(address)
+        dealer.send([b"hello"])
+        yield eventually(lambda: peers)
+        peer = peers[0]
+        self.assertIsInstance(peer, bytes)
+        self.assertEqual((peer.address, peer.userId), (HOST, ""))
+        self.assertTrue(router.sendTo(peer, [b"back"]))
+
+    @defer.inlineCallbacks
+    def test_claimedIdentityCannotTakeOverReplies(self):
+        """A second peer claiming a connected peer's routing identity gets nothing of it."""
+        seen = []
+        router = self.transport.router(lambda peer, frames: seen.append((bytes(peer), frames)))
+        address = router.bind(bindAddress("tcp", HOST, 0))
+        context = zmq.Context()
+        self.addCleanup(context.term)
+
+        def dealer():
+            socket = context.socket(zmq.DEALER)
+            self.addCleanup(socket.close, 0)
+            socket.set(zmq.ROUTING_ID, b"same")
+            return socket
+
+        victim = dealer()
+        victim.connect(address)
+        victim.send(b"victim")
+        yield eventually(lambda: seen)
+        thief = dealer()
+        handshakes = thief.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self.addCleanup(handshakes.close, 0)
+        thief.connect(address)
+        yield eventually(lambda: handshakes.poll(0))
+        thief.send(b"thief")
+        self.assertTrue(router.sendTo(b"same", [b"reply"]))
+        yield eventually(lambda: victim.poll(0) or thief.poll(0))
+        self.assertEqual(victim.recv(zmq.NOBLOCK), b"reply")
+        self.assertEqual(thief.poll(0), 0)
+        self.assertEqual(seen, [(b"same", [b"victim"])])
+
     def test_sendToDepartedPeer(self):
         """A reply to an identity that never connected is dropped, not raised."""
         router = self.transport.router(lambda identity, frames: None)

@@ -34,6 +34,7 @@ __all__ = [
     "LINGER_MS",
     "READ_BATCH",
     "AddressInUse",
+    "Peer",
     "QueueFull",
     "bindAddress",
     "portOf",
@@ -156,7 +157,7 @@ class _Connection(ZmqConnection):
                 # an empty socket, and re-arms the edge-triggered ZMQ_FD.
                 if not socket.getsockopt(_EVENTS) & _POLLIN:
                     return
-                frames = [socket.recv(_RECV)]
+                frames = [self._receiveFirst(socket)]
                 while socket.getsockopt(_RCVMORE):
                     frames.append(socket.recv(_RECV))
                     if len(frames) > MAX_FRAMES:
@@ -169,6 +170,10 @@ class _Connection(ZmqConnection):
                 return
             self._deliver(frames)
         self._scheduleRead()
+
+    def _receiveFirst(self, socket):
+        """The first frame of a message (a ROUTER keeps its source with it)."""
+        return socket.recv(_RECV)
 
     def _discardRest(self, socket):
         """Drop the rest of a message with too many frames (ours have at most four)."""
@@ -223,14 +228,53 @@ class _Connection(ZmqConnection):
         return f"<{type(self).__name__} {self.endpoints or ''}>"
 
 
+class Peer(bytes):
+    """The routing identity of a ROUTER's peer, which also tells who the peer is.
+
+    It is the identity bytes (``sendTo`` takes it), and reads the facts
+    libzmq attached to the peer's connection only when asked:
+
+    * ``address``: the peer's numeric IP address ("" for ipc and inproc);
+    * ``userId``: the name the authenticator gave the peer's key (secure
+      mode), else "".
+    """
+
+    def __new__(cls, frame):
+        peer = super().__new__(cls, frame.bytes)
+        peer._frame = frame
+        return peer
+
+    @property
+    def address(self):
+        return self._property("Peer-Address")
+
+    @property
+    def userId(self):
+        return self._property("User-Id")
+
+    def _property(self, name):
+        try:
+            return self._frame.get(name) or ""
+        except (zmq.ZMQError, UnicodeDecodeError):
+            return ""
+
+
 class RouterConnection(_Connection):
-    """A ROUTER: ``onMessage(identity, frames)``; ``send(identity, frames)``."""
+    """A ROUTER: ``onMessage(peer, frames)``; ``sendTo(peer, frames)``.
+
+    ``peer`` is a :class:`Peer`.  A peer cannot take over another's replies
+    by claiming its routing identity (ROUTER_HANDOVER is off: a second
+    connection with an identity in use is ignored).
+    """
 
     socketType = zmq.ROUTER
 
     def _configure(self, socket):
         socket.set(zmq.ROUTER_MANDATORY, 1)
-        socket.set(zmq.ROUTER_HANDOVER, 1)
+        socket.set(zmq.ROUTER_HANDOVER, 0)
+
+    def _receiveFirst(self, socket):
+        return Peer(socket.recv(_RECV, copy=False))
 
     def _deliver(self, frames):
         if frames is None:
