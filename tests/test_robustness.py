@@ -1,6 +1,7 @@
 """Regression tests for robustness fixes: wrong services, lost heartbeats, floods, hangs, leaks."""
 
-import threading
+import subprocess
+import sys
 
 from helpers import (
     eventually,
@@ -440,26 +441,33 @@ class InputFloodTests(unittest.TestCase):
         verdicts = []
         remote.addStateCallback(lambda r: verdicts.append(r.connected))
         count = 200_000
-        flooder = threading.Thread(target=_flood, args=(dispatcher.dispatchAddress, count))
-        flooder.start()
-        self.addCleanup(flooder.join, 30)
+        flooder = subprocess.Popen(
+            [sys.executable, "-c", FLOOD, dispatcher.dispatchAddress, str(count),
+             codec.VERSION.decode()],
+            stdin=subprocess.PIPE,
+        )
+        self.addCleanup(flooder.wait, 30)
+        self.addCleanup(flooder.stdin.close)  # it keeps its socket open until then
         yield eventually(lambda: dispatcher.malformed.count >= count, timeout=60)
         self.assertEqual(verdicts, [])  # never reported dead while flooded
         self.assertTrue(remote.connected)
         self.assertEqual((yield remote["N"].read()), "1")
 
 
-def _flood(address, count):
-    """Send ``count`` undecodable messages from a plain pyzmq socket in its own thread."""
-    import zmq
-
-    context = zmq.Context()
-    socket = context.socket(zmq.DEALER)
-    socket.set(zmq.SNDHWM, 0)
-    socket.connect(address)
-    try:
-        for i in range(count):
-            socket.send_multipart([codec.VERSION, b"\xc1junk%d" % i])
-    finally:
-        socket.close(linger=5000)
-        context.term()
+#: Sends ``count`` undecodable messages from a plain pyzmq socket, in a process
+#: of its own (a thread would hold the GIL the dispatcher's reactor needs),
+#: and keeps the socket open until its stdin closes: a socket closed while
+#: messages linger drops them when the dispatcher's heartbeat PING arrives.
+FLOOD = """
+import sys, zmq
+address, count, version = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
+context = zmq.Context()
+socket = context.socket(zmq.DEALER)
+socket.set(zmq.SNDHWM, 0)
+socket.connect(address)
+for i in range(count):
+    socket.send_multipart([version, b"\\xc1junk%d" % i])
+sys.stdin.read()
+socket.close(linger=0)
+context.term()
+"""
