@@ -12,11 +12,12 @@ import time
 import uuid
 
 from twisted.application import service
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.logger import Logger, LogLevel
 
 from cauldron import config as _config
-from cauldron.errors import ProtocolError, UnknownService
+from cauldron.errors import LeaseError, ProtocolError, UnknownService
+from cauldron.hostcheck import HostCheck
 from cauldron.protocol import codec
 from cauldron.protocol.leases import LeaseTable
 from cauldron.protocol.messages import (
@@ -48,6 +49,11 @@ LIVENESS = 3
 DEFAULT_LEASE_TTL = 3.0
 #: lines per second each kind of verbose log may write (requests can come in floods)
 VERBOSE_BURST = 20
+#: the longest heartbeat interval a dispatcher may ask for: its lease lives
+#: three of them, so this bounds how long a vanished holder keeps a service
+MAX_HEARTBEAT_INTERVAL = 60.0
+#: leases one host may hold at once (the default range has 50 pairs a host)
+MAX_LEASES_PER_HOST = 64
 
 
 class RouterService(service.Service):
@@ -55,12 +61,16 @@ class RouterService(service.Service):
 
     :param verbose: 0-3, overrides ``[zmq-router] verbose`` when given.
     :param leaseTTL: seconds a lease lives without a renewal.
+    :param maxLeasesPerHost: leases one host may hold at once.
+    :param hostCheck: checks that a lease request comes from the host it
+        names (a :class:`cauldron.hostcheck.HostCheck` by default).
     """
 
     name = "cauldron-router"
 
     def __init__(self, config=None, reactor=None, verbose=None, leaseTTL=DEFAULT_LEASE_TTL,
-                 clock=time.monotonic):
+                 clock=time.monotonic, hostCheck=None,
+                 maxLeasesPerHost=MAX_LEASES_PER_HOST):
         if reactor is None:
             from twisted.internet import reactor
         self.config = _config.load(config)
@@ -74,8 +84,10 @@ class RouterService(service.Service):
             self.config.get("zmq-router", "first-port"),
             self.config.get("zmq-router", "last-port"),
             leaseTTL,
+            maxPerHost=maxLeasesPerHost,
         )
         self.malformed = RateLimitedCounter("malformed messages", reactor)
+        self._hosts = hostCheck or HostCheck(reactor)
         self._verboseLogs = {}
         self._transport = None
         self._socket = None
@@ -119,8 +131,10 @@ class RouterService(service.Service):
 
     def _ttl(self, interval):
         """How long a lease lives: three of the dispatcher's heartbeats, at least."""
-        if not isinstance(interval, (int, float)) or not 0 < interval < 3600:
-            return None
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) \
+                or not 0 < interval <= MAX_HEARTBEAT_INTERVAL:
+            raise LeaseError(f"a heartbeat interval must be more than 0 and at most "
+                             f"{MAX_HEARTBEAT_INTERVAL:g} s, not {interval!r}")
         return LIVENESS * interval
 
     def _say(self, level, fmt, **kw):
@@ -147,11 +161,16 @@ class RouterService(service.Service):
         if self.verbose >= 3:
             self._logRequest(frames)
         reply = answer(frames, self._handlers, self, peer, self.malformed, "CauldronError")
-        if reply is None:
-            return
+        if isinstance(reply, defer.Deferred):
+            reply.addCallback(self._reply, peer)
+        elif reply is not None:
+            self._reply(reply, peer)
+
+    def _reply(self, reply, peer):
         if isinstance(reply, Error):
             self._say(1, "refused: {error}: {message}", error=reply.error, message=reply.message)
-        self._socket.sendTo(peer, codec.encode(reply))
+        if self._socket is not None:
+            self._socket.sendTo(peer, codec.encode(reply))
 
     def _logRequest(self, frames):
         try:
@@ -161,34 +180,56 @@ class RouterService(service.Service):
 
     def _leased(self, requestId, lease):
         return Leased(requestId, lease.service, lease.host, lease.dispatchPort,
-                      lease.broadcastPort, lease.ttl)
+                      lease.broadcastPort, lease.ttl, lease.secret)
+
+    def _fromItsHost(self, request, peer, then):
+        """Run ``then(request)`` once the request is known to come from the host it names."""
+        self._ttl(request.interval)  # refuse a bad interval before any lookup
+        if _protocol(request.protocol) == "ipc":
+            checked = self._hosts.verifyLocal(peer.address, "an ipc lease")
+        else:
+            checked = self._hosts.verify(request.host, peer.address)
+        return checked.addCallback(lambda _: then(request))
 
     def _handleLease(self, request, peer):
+        return self._fromItsHost(request, peer, self._lease)
+
+    def _lease(self, request):
         lease = self.leases.lease(request.service, request.host, request.instance,
                                   self._now(), avoid=request.avoid,
                                   ttl=self._ttl(request.interval),
-                                  protocol=_protocol(request.protocol))
+                                  protocol=_protocol(request.protocol), secret=request.secret)
         self._say(1, "leased {d}/{b} to {service} on {host}", d=lease.dispatchPort,
                   b=lease.broadcastPort, service=lease.service, host=lease.host)
         return self._leased(request.id, lease)
 
     def _handleRegister(self, request, peer):
+        return self._fromItsHost(request, peer, self._register)
+
+    def _register(self, request):
+        if not self.leases.isPair(request.dispatchPort, request.broadcastPort):
+            raise LeaseError(
+                f"ports {request.dispatchPort}/{request.broadcastPort} are not a pair of "
+                f"[{self.leases.firstPort}, {self.leases.lastPort}): register ports "
+                "this router leased"
+            )
         lease = self.leases.register(request.service, request.host, request.instance,
                                      request.dispatchPort, request.broadcastPort, self._now(),
                                      ttl=self._ttl(request.interval),
                                      protocol=_protocol(request.protocol),
-                                     takeover=request.takeover)
+                                     takeover=request.takeover, secret=request.secret)
         self._say(1, "{service} on {host} registered ports {d}/{b}", service=lease.service,
                   host=lease.host, d=lease.dispatchPort, b=lease.broadcastPort)
         return self._leased(request.id, lease)
 
     def _handleRenew(self, request, peer):
-        lease = self.leases.renew(request.service, request.instance, self._now())
+        lease = self.leases.renew(request.service, request.instance, self._now(),
+                                  request.secret)
         self._say(2, "renewed {service}", service=lease.service)
         return self._leased(request.id, lease)
 
     def _handleRelease(self, request, peer):
-        if self.leases.release(request.service, request.instance, self._now()):
+        if self.leases.release(request.service, request.instance, self._now(), request.secret):
             self._say(1, "{service} released its ports", service=request.service)
         return Ok(request.id)
 

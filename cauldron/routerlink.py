@@ -131,6 +131,7 @@ class RouterLink:
         self._renewing = None
         self._routerLost = False
         self._ports = None  # the leased (dispatch, broadcast) pair once bound
+        self._secret = ""  # the lease's proof of holding, from the router
         self._lastSpawn = -RESPAWN_INTERVAL
         self._spawnedConfig = None  # the config file written for a spawned router
 
@@ -154,6 +155,7 @@ class RouterLink:
         avoid = []
         for _ in range(MAX_BIND_ATTEMPTS):
             leased = yield self._lease(avoid)
+            self._secret = leased.secret
             try:
                 addresses = self.dispatcher.bind(
                     bindAddress(self.protocol, self.bindHost, leased.dispatchPort),
@@ -188,7 +190,8 @@ class RouterLink:
             try:
                 leased = yield self._request(
                     lambda i: Lease(i, self.service, self.host, self.instance, list(avoid),
-                                    self.dispatcher.heartbeatInterval, self.protocol),
+                                    self.dispatcher.heartbeatInterval, self.protocol,
+                                    self._secret),
                     "lease ports for",
                 )
                 return leased
@@ -294,7 +297,8 @@ class RouterLink:
         """Renew the lease (called on every dispatcher heartbeat)."""
         if self._renewing is not None or self._ports is None or self.fenced:
             return
-        d = self._request(lambda i: Renew(i, self.service, self.instance), "renew")
+        d = self._request(lambda i: Renew(i, self.service, self.instance, self._secret),
+                          "renew")
         d.addErrback(self._registerAgain)
         d.addCallbacks(self._renewed, self._renewFailed)
         d.addBoth(self._doneRenewing)
@@ -312,12 +316,13 @@ class RouterLink:
         return self._request(
             lambda i: Register(
                 i, self.service, self.host, self.instance, *self._ports,
-                self.dispatcher.heartbeatInterval, self.protocol,
+                self.dispatcher.heartbeatInterval, self.protocol, secret=self._secret,
             ),
             "register",
         )
 
-    def _renewed(self, _):
+    def _renewed(self, leased):
+        self._secret = leased.secret  # a restarted router hands out a new one
         if self._routerLost:
             log.info("{service}: the router answers again", service=self.service)
             self._routerLost = False
@@ -366,7 +371,8 @@ class RouterLink:
         if self.dispatcher.dispatchAddress is None or self.fenced:
             d = defer.succeed(None)
         else:
-            d = self._channel.request(lambda i: Release(i, self.service, self.instance),
+            d = self._channel.request(lambda i: Release(i, self.service, self.instance,
+                                                        self._secret),
                                       f"release {self.service}",
                                       min(self._channel.timeout, RELEASE_TIMEOUT))
             d.addErrback(lambda f: None)

@@ -77,13 +77,17 @@ class RouterOptions(usage.Options):
 
 
 def _positiveSeconds(text):
-    """A heartbeat interval: a positive, finite number of seconds."""
+    """A heartbeat interval: a positive number of seconds, at most the router's bound."""
+    from cauldron.router import MAX_HEARTBEAT_INTERVAL
+
     try:
         value = float(text)
     except ValueError:
         raise ValueError("not a number of seconds: %r" % (text,)) from None
     if not math.isfinite(value) or value <= 0:
         raise ValueError("not a positive number of seconds: %r" % (text,))
+    if value > MAX_HEARTBEAT_INTERVAL:
+        raise ValueError("%r: at most %g seconds" % (text, MAX_HEARTBEAT_INTERVAL))
     return value
 
 

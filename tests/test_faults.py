@@ -288,8 +288,9 @@ class TakeoverTests(RouterTestCase):
     def test_liveHolderOneHonestLine(self):
         """A holder that keeps renewing gets one line, then a clear failure to start."""
         router, cfg = self.routerAndConfig()
-        self.ghost(router, "elsewhere", ttl=0.6)
-        renewing = task.LoopingCall(lambda: router.leases.renew("demo", "ghost", router._now()))
+        ghost = self.ghost(router, "elsewhere", ttl=0.6)
+        renewing = task.LoopingCall(
+            lambda: router.leases.renew("demo", "ghost", router._now(), ghost.secret))
         renewing.clock = globalReactor
         renewing.start(0.1)
         self.addCleanup(renewing.stop)

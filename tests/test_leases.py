@@ -11,11 +11,18 @@ from cauldron.errors import CauldronError, ConfigError, LeaseConflict, LeaseErro
 from cauldron.protocol.leases import Lease, LeaseTable
 
 TTL = 3.0
+#: every lease of these tests' tables has this secret, so the tests that are
+#: not about secrets pass it as any holder would (those about them: below)
+SECRET = "known"
+
+
+def knownSecret():
+    return SECRET
 
 
 @pytest.fixture
 def table():
-    return LeaseTable(6600, 6700, TTL)
+    return LeaseTable(6600, 6700, TTL, newSecret=knownSecret)
 
 
 def ports(lease):
@@ -54,15 +61,15 @@ def test_badConfigurationRejected(args):
 
 def test_oddRangeDropsTrailingPort():
     """A last port that would be left unpaired is never leased."""
-    table = LeaseTable(6600, 6605, TTL)
+    table = LeaseTable(6600, 6605, TTL, newSecret=knownSecret)
     assert list(table.pairs) == [6600, 6602]
-    top = LeaseTable(65534, 65536, TTL)
-    assert top.lease("top", "h", "i", now=0.0).ports == (65534, 65535)
+    top = LeaseTable(65534, 65536, TTL, newSecret=knownSecret)
+    assert top.lease("top", "h", "i", now=0.0, secret=SECRET).ports == (65534, 65535)
 
 
 def test_firstLeaseGetsFirstPair(table):
     """An empty table grants (firstPort, firstPort + 1)."""
-    lease = table.lease("demo", "hostA", "i1", now=10.0)
+    lease = table.lease("demo", "hostA", "i1", now=10.0, secret=SECRET)
     assert isinstance(lease, Lease)
     assert ports(lease) == (6600, 6601)
     assert (lease.service, lease.host, lease.instance) == ("demo", "hostA", "i1")
@@ -74,23 +81,23 @@ def test_firstLeaseGetsFirstPair(table):
 
 def test_distinctServicesGetDistinctPairs(table):
     """Each service gets the lowest free pair, never another service's ports."""
-    got = [ports(table.lease(f"svc{i}", "h", f"i{i}", now=0.0)) for i in range(5)]
+    got = [ports(table.lease(f"svc{i}", "h", f"i{i}", now=0.0, secret=SECRET)) for i in range(5)]
     assert got == [(6600, 6601), (6602, 6603), (6604, 6605), (6606, 6607), (6608, 6609)]
 
 
 def test_serviceNamesAreCaseInsensitive(table):
     """DEMO and demo are one service, stored lower-case."""
-    first = table.lease("DEMO", "h", "i1", now=0.0)
+    first = table.lease("DEMO", "h", "i1", now=0.0, secret=SECRET)
     assert first.service == "demo"
-    assert table.lease("Demo", "h", "i1", now=1.0).ports == first.ports
+    assert table.lease("Demo", "h", "i1", now=1.0, secret=SECRET).ports == first.ports
     assert table.locate("dEmO", now=1.0).service == "demo"
     assert len(table) == 1
 
 
 def test_sameInstanceIsIdempotent(table):
     """A retried lease from the same process returns its lease, renewed, keeping `granted`."""
-    first = table.lease("demo", "h", "i1", now=0.0)
-    again = table.lease("demo", "h", "i1", now=2.0)
+    first = table.lease("demo", "h", "i1", now=0.0, secret=SECRET)
+    again = table.lease("demo", "h", "i1", now=2.0, secret=SECRET)
     assert again.ports == first.ports
     assert again.granted == 0.0
     assert again.renewed == 2.0
@@ -99,9 +106,9 @@ def test_sameInstanceIsIdempotent(table):
 
 def test_otherInstanceConflictsWithMessage(table):
     """A second process for a live service is refused, told who holds it and for how long."""
-    table.lease("demo", "hostA", "i1", now=0.0)
+    table.lease("demo", "hostA", "i1", now=0.0, secret=SECRET)
     with pytest.raises(LeaseConflict) as caught:
-        table.lease("DEMO", "hostB", "i2", now=1.0)
+        table.lease("DEMO", "hostB", "i2", now=1.0, secret=SECRET)
     message = str(caught.value)
     assert "'demo'" in message
     assert "'hostA'" in message
@@ -114,48 +121,48 @@ def test_otherInstanceConflictsWithMessage(table):
 
 def test_otherInstanceTakesOverAfterExpiry(table):
     """Hand-over happens only once the old lease has expired: one owner at every instant."""
-    table.lease("demo", "hostA", "i1", now=0.0)
+    table.lease("demo", "hostA", "i1", now=0.0, secret=SECRET)
     with pytest.raises(LeaseConflict):
-        table.lease("demo", "hostB", "i2", now=2.999)
-    lease = table.lease("demo", "hostB", "i2", now=3.0)
+        table.lease("demo", "hostB", "i2", now=2.999, secret=SECRET)
+    lease = table.lease("demo", "hostB", "i2", now=3.0, secret=SECRET)
     assert (lease.host, lease.instance, lease.ports) == ("hostB", "i2", (6600, 6601))
 
 
 def test_previousPairRegainedAfterExpiry(table):
     """A restarted dispatcher gets its old ports back after expiry, not the lowest pair."""
-    table.lease("a", "h", "ia", now=0.0)
-    table.lease("b", "h", "ib", now=0.0)
-    table.lease("c", "h", "ic", now=0.0)
-    table.renew("c", "ic", now=2.0)
+    table.lease("a", "h", "ia", now=0.0, secret=SECRET)
+    table.lease("b", "h", "ib", now=0.0, secret=SECRET)
+    table.lease("c", "h", "ic", now=0.0, secret=SECRET)
+    table.renew("c", "ic", now=2.0, secret=SECRET)
     assert [lease.service for lease in table.expire(3.0)] == ["a", "b"]
-    again = table.lease("b", "h", "ib2", now=4.0)
+    again = table.lease("b", "h", "ib2", now=4.0, secret=SECRET)
     assert again.ports == (6602, 6603)
     assert (again.instance, again.granted) == ("ib2", 4.0)
 
 
 def test_previousPairPreferredOverLowest(table):
     """The previous pair wins even when a lower pair is free."""
-    table.lease("a", "h", "ia", now=0.0)
-    table.lease("b", "h", "ib", now=0.0)
-    table.release("a", "ia", now=0.0)
-    table.release("b", "ib", now=0.0)
-    assert table.lease("b", "h", "ib2", now=1.0).ports == (6602, 6603)
+    table.lease("a", "h", "ia", now=0.0, secret=SECRET)
+    table.lease("b", "h", "ib", now=0.0, secret=SECRET)
+    table.release("a", "ia", now=0.0, secret=SECRET)
+    table.release("b", "ib", now=0.0, secret=SECRET)
+    assert table.lease("b", "h", "ib2", now=1.0, secret=SECRET).ports == (6602, 6603)
 
 
 def test_previousPairTakenFallsBackToLowest(table):
     """When another service holds the previous pair, the lowest free pair is granted."""
-    table.lease("a", "h", "ia", now=0.0)
-    table.lease("b", "h", "ib", now=0.0)
-    table.release("a", "ia", now=0.0)
-    table.release("b", "ib", now=0.0)
-    table.lease("c", "h", "ic", now=0.0)  # lowest: a's old pair
-    table.lease("d", "h", "id", now=0.0)  # next: b's old pair
-    assert table.lease("b", "h", "ib2", now=0.0).ports == (6604, 6605)
+    table.lease("a", "h", "ia", now=0.0, secret=SECRET)
+    table.lease("b", "h", "ib", now=0.0, secret=SECRET)
+    table.release("a", "ia", now=0.0, secret=SECRET)
+    table.release("b", "ib", now=0.0, secret=SECRET)
+    table.lease("c", "h", "ic", now=0.0, secret=SECRET)  # lowest: a's old pair
+    table.lease("d", "h", "id", now=0.0, secret=SECRET)  # next: b's old pair
+    assert table.lease("b", "h", "ib2", now=0.0, secret=SECRET).ports == (6604, 6605)
 
 
 def test_expiryAtExactlyTtl(table):
     """A lease is live strictly before renewed + ttl and gone at exactly that instant."""
-    lease = table.lease("demo", "h", "i1", now=5.0)
+    lease = table.lease("demo", "h", "i1", now=5.0, secret=SECRET)
     assert table.expire(7.999) == []
     assert table.locate("demo", now=7.999) == lease
     assert table.expire(8.0) == [lease]
@@ -165,18 +172,18 @@ def test_expiryAtExactlyTtl(table):
 
 def test_expiryIsLazy(table):
     """Every method expires first, so a stale lease is never seen nor renewed."""
-    table.lease("demo", "h", "i1", now=0.0)
+    table.lease("demo", "h", "i1", now=0.0, secret=SECRET)
     with pytest.raises(LeaseError):
-        table.renew("demo", "i1", now=3.0)
+        table.renew("demo", "i1", now=3.0, secret=SECRET)
     assert table.leases(3.0) == []
     assert len(table) == 0
 
 
 def test_renewKeepsAlive(table):
     """Each renewal pushes expiry to renewed + ttl; a 2 s stall does not lose the lease (R5)."""
-    table.lease("demo", "h", "i1", now=0.0)
+    table.lease("demo", "h", "i1", now=0.0, secret=SECRET)
     for now in (1.0, 2.0, 4.0, 6.9):
-        lease = table.renew("DEMO", "i1", now=now)
+        lease = table.renew("DEMO", "i1", now=now, secret=SECRET)
         assert lease.renewed == now
         assert lease.granted == 0.0
     assert table.locate("demo", now=9.8) is not None
@@ -186,84 +193,84 @@ def test_renewKeepsAlive(table):
 def test_renewUnknownOrOtherInstanceFails(table):
     """Renewing a lease one does not hold is a LeaseError, so the dispatcher re-registers."""
     with pytest.raises(LeaseError, match="'demo' holds no live lease"):
-        table.renew("demo", "i1", now=0.0)
-    table.lease("demo", "h", "i1", now=0.0)
+        table.renew("demo", "i1", now=0.0, secret=SECRET)
+    table.lease("demo", "h", "i1", now=0.0, secret=SECRET)
     with pytest.raises(LeaseError, match="instance 'i1'"):
-        table.renew("demo", "i2", now=1.0)
+        table.renew("demo", "i2", now=1.0, secret=SECRET)
     assert table.locate("demo", now=1.0).renewed == 0.0
 
 
 def test_releaseFreesPairAtOnce(table):
     """A released pair is free immediately, for any service."""
-    table.lease("a", "h", "ia", now=0.0)
-    assert table.release("A", "ia", now=1.0) is True
+    table.lease("a", "h", "ia", now=0.0, secret=SECRET)
+    assert table.release("A", "ia", now=1.0, secret=SECRET) is True
     assert len(table) == 0
-    assert table.lease("b", "h", "ib", now=1.0).ports == (6600, 6601)
+    assert table.lease("b", "h", "ib", now=1.0, secret=SECRET).ports == (6600, 6601)
 
 
 def test_releaseByOtherInstanceIgnored(table):
     """Only the holder can release; a stale process cannot drop its successor's lease."""
-    table.lease("a", "h", "ia", now=0.0)
-    assert table.release("a", "other", now=0.0) is False
-    assert table.release("nope", "ia", now=0.0) is False
+    table.lease("a", "h", "ia", now=0.0, secret=SECRET)
+    assert table.release("a", "other", now=0.0, secret=SECRET) is False
+    assert table.release("nope", "ia", now=0.0, secret=SECRET) is False
     assert table.locate("a", now=0.0).instance == "ia"
 
 
 def test_avoidSkipsPortsTakenOnHost(table):
     """Ports the dispatcher found taken are skipped, pair-wise."""
-    lease = table.lease("demo", "h", "i1", now=0.0, avoid=[6601, 6602])
+    lease = table.lease("demo", "h", "i1", now=0.0, avoid=[6601, 6602], secret=SECRET)
     assert lease.ports == (6604, 6605)
 
 
 def test_avoidSkipsPreviousPair(table):
     """The previous pair is not reused when one of its ports is avoided."""
-    table.lease("a", "h", "ia", now=0.0)
-    table.lease("b", "h", "ib", now=0.0)
-    table.release("b", "ib", now=0.0)
-    assert table.lease("b", "h", "ib2", now=0.0, avoid={6603}).ports == (6604, 6605)
+    table.lease("a", "h", "ia", now=0.0, secret=SECRET)
+    table.lease("b", "h", "ib", now=0.0, secret=SECRET)
+    table.release("b", "ib", now=0.0, secret=SECRET)
+    assert table.lease("b", "h", "ib2", now=0.0, avoid={6603}, secret=SECRET).ports == (6604, 6605)
 
 
 def test_avoidMovesSameInstanceLease(table):
     """A holder reporting its own ports as taken is moved, not handed the same pair forever."""
-    table.lease("demo", "h", "i1", now=0.0)
-    moved = table.lease("demo", "h", "i1", now=1.0, avoid=[6600])
+    table.lease("demo", "h", "i1", now=0.0, secret=SECRET)
+    moved = table.lease("demo", "h", "i1", now=1.0, avoid=[6600], secret=SECRET)
     assert moved.ports == (6602, 6603)
     assert moved.granted == 1.0
-    assert table.lease("other", "h", "i2", now=1.0).ports == (6600, 6601)
+    assert table.lease("other", "h", "i2", now=1.0, secret=SECRET).ports == (6600, 6601)
 
 
 def test_avoidRejectsGarbage(table):
     """Only port numbers may be avoided."""
     for avoid in (["x"], [0], [True], [70000], None):
         with pytest.raises(LeaseError):
-            table.lease("demo", "h", "i1", now=0.0, avoid=avoid)
+            table.lease("demo", "h", "i1", now=0.0, avoid=avoid, secret=SECRET)
     assert len(table) == 0
 
 
 def test_exhaustionMessageAndConsistency():
     """The 51st service gets a LeaseError naming the range; the table is unchanged (defect 9)."""
-    table = LeaseTable(6600, 6700, TTL)
+    table = LeaseTable(6600, 6700, TTL, newSecret=knownSecret)
     for i in range(50):
-        table.lease(f"svc{i:02d}", "h", f"i{i}", now=0.0)
+        table.lease(f"svc{i:02d}", "h", f"i{i}", now=0.0, secret=SECRET)
     before = table.leases(1.0)
     with pytest.raises(LeaseError) as caught:
-        table.lease("late", "h", "ilate", now=1.0)
+        table.lease("late", "h", "ilate", now=1.0, secret=SECRET)
     assert not isinstance(caught.value, LeaseConflict)
     assert str(caught.value) == (
         "no free port pair in [6600, 6700) on host 'h': 50 services hold leases"
     )
     assert table.leases(1.0) == before
     assert len(table) == 50
-    table.release("svc07", "i7", now=1.0)
-    assert table.lease("late", "h", "ilate", now=1.0).ports == (6614, 6615)
+    table.release("svc07", "i7", now=1.0, secret=SECRET)
+    assert table.lease("late", "h", "ilate", now=1.0, secret=SECRET).ports == (6614, 6615)
 
 
 def test_exhaustionByAvoidMentionsIt():
     """When avoided ports leave nothing, the message says so and a moved lease stays put."""
-    table = LeaseTable(6600, 6604, TTL)
-    table.lease("a", "h", "ia", now=0.0)
+    table = LeaseTable(6600, 6604, TTL, newSecret=knownSecret)
+    table.lease("a", "h", "ia", now=0.0, secret=SECRET)
     with pytest.raises(LeaseError) as caught:
-        table.lease("a", "h", "ia", now=1.0, avoid=[6600, 6602])
+        table.lease("a", "h", "ia", now=1.0, avoid=[6600, 6602], secret=SECRET)
     assert str(caught.value) == (
         "no free port pair in [6600, 6604) on host 'h': 1 service holds a lease,"
         " 2 ports in use on the host avoided"
@@ -274,86 +281,86 @@ def test_exhaustionByAvoidMentionsIt():
 
 def test_registerAfterRouterRestart():
     """A fresh router accepts the ports dispatchers already have bound, and grants around them."""
-    table = LeaseTable(6600, 6700, TTL)
-    b = table.register("B", "h", "ib", 6602, 6603, now=100.0)
+    table = LeaseTable(6600, 6700, TTL, newSecret=knownSecret)
+    b = table.register("B", "h", "ib", 6602, 6603, now=100.0, secret=SECRET)
     assert (b.service, b.ports, b.granted, b.renewed) == ("b", (6602, 6603), 100.0, 100.0)
-    assert table.register("b", "h", "ib", 6602, 6603, now=101.0).renewed == 101.0
-    assert table.lease("a", "h", "ia", now=101.0).ports == (6600, 6601)
-    assert table.lease("c", "h", "ic", now=101.0).ports == (6604, 6605)
+    assert table.register("b", "h", "ib", 6602, 6603, now=101.0, secret=SECRET).renewed == 101.0
+    assert table.lease("a", "h", "ia", now=101.0, secret=SECRET).ports == (6600, 6601)
+    assert table.lease("c", "h", "ic", now=101.0, secret=SECRET).ports == (6604, 6605)
     # The registered pair is remembered as b's previous pair.
-    table.release("b", "ib", now=102.0)
-    table.lease("d", "h", "id", now=102.0)  # lowest free: b's pair
-    table.release("d", "id", now=102.0)
-    assert table.lease("b", "hostB", "ib2", now=102.0).ports == (6602, 6603)
+    table.release("b", "ib", now=102.0, secret=SECRET)
+    table.lease("d", "h", "id", now=102.0, secret=SECRET)  # lowest free: b's pair
+    table.release("d", "id", now=102.0, secret=SECRET)
+    assert table.lease("b", "hostB", "ib2", now=102.0, secret=SECRET).ports == (6602, 6603)
 
 
 def test_registerOutsideRange(table):
     """Fixed ports outside the range are accepted but still block collisions."""
-    fixed = table.register("fixed", "h", "if", 7000, 7005, now=0.0)
+    fixed = table.register("fixed", "h", "if", 7000, 7005, now=0.0, secret=SECRET)
     assert fixed.ports == (7000, 7005)
     assert not table.isPair(*fixed.ports)
     with pytest.raises(LeaseConflict, match="port 7005 is held by service 'fixed'"):
-        table.register("other", "h", "io", 7005, 7006, now=0.0)
+        table.register("other", "h", "io", 7005, 7006, now=0.0, secret=SECRET)
 
 
 def test_registerMisalignedBlocksNeighbours(table):
     """A registered (6601, 6602) blocks both pairs it touches."""
-    table.register("odd", "h", "io", 6601, 6602, now=0.0)
-    assert table.lease("a", "h", "ia", now=0.0).ports == (6604, 6605)
+    table.register("odd", "h", "io", 6601, 6602, now=0.0, secret=SECRET)
+    assert table.lease("a", "h", "ia", now=0.0, secret=SECRET).ports == (6604, 6605)
 
 
 def test_registerCollision(table):
     """Ports held by another live service on the same host are refused, naming the holder."""
-    table.lease("a", "hostA", "ia", now=0.0)
+    table.lease("a", "hostA", "ia", now=0.0, secret=SECRET)
     with pytest.raises(LeaseConflict) as caught:
-        table.register("b", "hostA", "ib", 6601, 6650, now=1.0)
+        table.register("b", "hostA", "ib", 6601, 6650, now=1.0, secret=SECRET)
     message = str(caught.value)
     assert "port 6601 is held by service 'a' on host 'hostA'" in message
     assert "expiring in 2.0 s" in message
     assert table.locate("b", now=1.0) is None
     # Once a's lease expires, b may register those ports.
-    assert table.register("b", "hostA", "ib", 6601, 6650, now=3.0).ports == (6601, 6650)
+    assert table.register("b", "hostA", "ib", 6601, 6650, now=3.0, secret=SECRET).ports == (6601, 6650)
 
 
 def test_portsBelongToTheirHost(table):
     """Two hosts may use the same ports: a restarted router must not refuse either."""
-    a = table.lease("a", "hostA", "ia", now=0.0)
-    b = table.lease("b", "hostB", "ib", now=0.0)
+    a = table.lease("a", "hostA", "ia", now=0.0, secret=SECRET)
+    b = table.lease("b", "hostB", "ib", now=0.0, secret=SECRET)
     assert a.ports == b.ports == (6600, 6601)
     # After a router restart the live dispatcher of hostA registers its pair
     # although hostB's new one was granted the same numbers meanwhile.
-    fresh = LeaseTable(6600, 6700, TTL)
-    fresh.lease("new", "hostB", "in", now=5.0)
-    assert fresh.register("a", "hostA", "ia", 6600, 6601, now=5.0).ports == (6600, 6601)
+    fresh = LeaseTable(6600, 6700, TTL, newSecret=knownSecret)
+    fresh.lease("new", "hostB", "in", now=5.0, secret=SECRET)
+    assert fresh.register("a", "hostA", "ia", 6600, 6601, now=5.0, secret=SECRET).ports == (6600, 6601)
 
 
 def test_leaseTtlFollowsTheDispatcher(table):
     """A lease asked with a longer ttl (slow heartbeats) lives that long, renewals included."""
-    slow = table.lease("slow", "h", "is", now=0.0, ttl=15.0)
+    slow = table.lease("slow", "h", "is", now=0.0, ttl=15.0, secret=SECRET)
     assert slow.ttl == 15.0
     assert table.locate("slow", now=14.0) is not None
-    assert table.renew("slow", "is", now=14.0).ttl == 15.0
+    assert table.renew("slow", "is", now=14.0, secret=SECRET).ttl == 15.0
     assert table.locate("slow", now=28.0) is not None
     assert table.locate("slow", now=29.5) is None
     # A shorter ttl than the table's never shortens a lease.
-    assert table.lease("quick", "h", "iq", now=0.0, ttl=0.5).ttl == TTL
+    assert table.lease("quick", "h", "iq", now=0.0, ttl=0.5, secret=SECRET).ttl == TTL
 
 
 def test_registerServiceHeldByOtherInstance(table):
     """A second process cannot register a live service, whatever ports it offers."""
-    table.register("demo", "hostA", "i1", 6600, 6601, now=0.0)
+    table.register("demo", "hostA", "i1", 6600, 6601, now=0.0, secret=SECRET)
     with pytest.raises(LeaseConflict, match="instance 'i1'"):
-        table.register("demo", "hostB", "i2", 6610, 6611, now=1.0)
+        table.register("demo", "hostB", "i2", 6610, 6611, now=1.0, secret=SECRET)
     assert table.locate("demo", now=1.0).instance == "i1"
 
 
 def test_registerSameInstanceMoves(table):
     """The holder re-registering other ports moves its lease and frees the old ones."""
-    table.lease("demo", "h", "i1", now=0.0)
-    moved = table.register("demo", "h", "i1", 6610, 6611, now=1.0)
+    table.lease("demo", "h", "i1", now=0.0, secret=SECRET)
+    moved = table.register("demo", "h", "i1", 6610, 6611, now=1.0, secret=SECRET)
     assert moved.ports == (6610, 6611)
     assert len(table) == 1
-    assert table.lease("x", "h", "ix", now=1.0).ports == (6600, 6601)
+    assert table.lease("x", "h", "ix", now=1.0, secret=SECRET).ports == (6600, 6601)
 
 
 @pytest.mark.parametrize(
@@ -362,14 +369,14 @@ def test_registerSameInstanceMoves(table):
 def test_registerBadPorts(table, pair):
     """Nonsense port numbers are a LeaseError, not a corrupt table."""
     with pytest.raises(LeaseError):
-        table.register("demo", "h", "i1", *pair, now=0.0)
+        table.register("demo", "h", "i1", *pair, now=0.0, secret=SECRET)
     assert len(table) == 0
 
 
 def test_leasesSortedAndLeaseImmutable(table):
     """leases() lists by service; a Lease cannot be changed behind the table's back."""
     for name in ("c", "a", "b"):
-        table.lease(name, "h", name, now=0.0)
+        table.lease(name, "h", name, now=0.0, secret=SECRET)
     listed = table.leases(0.0)
     assert [lease.service for lease in listed] == ["a", "b", "c"]
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -380,21 +387,85 @@ def test_badServiceName(table):
     """An empty or non-string service name is refused."""
     for name in ("", None, 5):
         with pytest.raises(LeaseError):
-            table.lease(name, "h", "i", now=0.0)
+            table.lease(name, "h", "i", now=0.0, secret=SECRET)
 
 
 def test_rememberIsBounded():
     """Remembered pairs are capped, so a stream of one-off names cannot grow the table forever."""
-    table = LeaseTable(6600, 6610, TTL, remember=2)
+    table = LeaseTable(6600, 6610, TTL, remember=2, newSecret=knownSecret)
     for name in ("a", "b", "c"):
-        table.lease(name, "h", name, now=0.0)
-        table.release(name, name, now=0.0)
-    table.lease("x", "h", "x", now=0.0)  # lowest free pair
-    table.lease("y", "h", "y", now=0.0)
+        table.lease(name, "h", name, now=0.0, secret=SECRET)
+        table.release(name, name, now=0.0, secret=SECRET)
+    table.lease("x", "h", "x", now=0.0, secret=SECRET)  # lowest free pair
+    table.lease("y", "h", "y", now=0.0, secret=SECRET)
     # "a" was forgotten: it gets the lowest free pair rather than insisting on its old one.
-    assert table.lease("a", "h", "a2", now=0.0).ports == (6604, 6605)
-    table.release("x", "x", now=0.0)
-    assert table.lease("b", "h", "b2", now=0.0).ports == (6600, 6601)
+    assert table.lease("a", "h", "a2", now=0.0, secret=SECRET).ports == (6604, 6605)
+    table.release("x", "x", now=0.0, secret=SECRET)
+    assert table.lease("b", "h", "b2", now=0.0, secret=SECRET).ports == (6600, 6601)
+
+
+# -- the holder's secret and the per-host cap ------------------------------
+
+
+def secretTable(**kwargs):
+    """A table drawing real random secrets, as the router's does."""
+    return LeaseTable(6600, 6700, TTL, **kwargs)
+
+
+def test_secretsAreRandomAndHidden():
+    """Each lease gets its own unguessable secret; it is never shown in a repr or a conflict."""
+    table = secretTable()
+    a = table.lease("a", "h", "ia", now=0.0)
+    b = table.lease("b", "h", "ib", now=0.0)
+    assert len(a.secret) == 32 and a.secret != b.secret
+    assert a.secret not in repr(a)
+    with pytest.raises(LeaseConflict) as caught:
+        table.lease("a", "h2", "intruder", now=1.0)
+    assert a.secret not in str(caught.value)
+    assert a.secret not in repr(caught.value.detail)
+
+
+def test_holderProvesItWithTheSecret():
+    """Knowing the instance is not enough to renew, release, re-lease or move a lease."""
+    table = secretTable()
+    held = table.lease("demo", "h", "i1", now=0.0)
+    for wrong in ("", "guess", held.secret[:-1] + "0"):
+        with pytest.raises(LeaseConflict):
+            table.renew("demo", "i1", now=1.0, secret=wrong)
+        assert table.release("demo", "i1", now=1.0, secret=wrong) is False
+        with pytest.raises(LeaseConflict):
+            table.lease("demo", "h", "i1", now=1.0, secret=wrong)
+        with pytest.raises(LeaseConflict):
+            table.register("demo", "h", "i1", 6610, 6611, now=1.0, secret=wrong)
+    assert table.locate("demo", now=1.0) == held
+    assert table.renew("demo", "i1", now=2.0, secret=held.secret).renewed == 2.0
+    moved = table.register("demo", "h", "i1", 6610, 6611, now=2.0, secret=held.secret)
+    assert (moved.ports, moved.secret) == ((6610, 6611), held.secret)
+    assert table.release("demo", "i1", now=2.0, secret=held.secret) is True
+
+
+def test_takeoverGetsANewSecret():
+    """A takeover (same host and ports) replaces the holder; the old secret is worthless."""
+    table = secretTable()
+    old = table.lease("demo", "h", "old", now=0.0)
+    new = table.register("demo", "h", "new", *old.ports, now=1.0, takeover=True)
+    assert new.secret != old.secret
+    with pytest.raises(LeaseConflict):
+        table.renew("demo", "old", now=1.5, secret=old.secret)
+    with pytest.raises(LeaseConflict):
+        table.register("demo", "h2", "other", *old.ports, now=1.5, takeover=True)
+
+
+def test_leasesPerHostCapped():
+    """One host cannot fill the table; other hosts still get leases."""
+    table = secretTable(maxPerHost=3)
+    for name in ("a", "b", "c"):
+        table.lease(name, "greedy", name, now=0.0)
+    with pytest.raises(LeaseError, match="'greedy' already holds 3 leases"):
+        table.lease("d", "greedy", "d", now=0.0)
+    with pytest.raises(LeaseError, match="already holds 3 leases"):
+        table.register("d", "greedy", "d", 6690, 6691, now=0.0)
+    assert table.lease("d", "modest", "d", now=0.0).ports == (6600, 6601)
 
 
 # -- model-based test -----------------------------------------------------
@@ -422,7 +493,7 @@ class LeaseMachine(RuleBasedStateMachine):
 
     def __init__(self):
         super().__init__()
-        self.table = LeaseTable(FIRST, LAST, TTL)
+        self.table = LeaseTable(FIRST, LAST, TTL, newSecret=knownSecret)
         self.now = 0.0
         self.live = {}
         self.previous = {}
@@ -464,7 +535,7 @@ class LeaseMachine(RuleBasedStateMachine):
         before = self.table.leases(self.now)
         held = self.live.get(name)
         try:
-            got = self.table.lease(service, host, instance, self.now, avoid=avoid)
+            got = self.table.lease(service, host, instance, self.now, avoid=avoid, secret=SECRET)
         except LeaseConflict:
             assert held is not None and held.instance != instance
             self.assertUnchanged(before)
@@ -503,7 +574,7 @@ class LeaseMachine(RuleBasedStateMachine):
         held = self.live.get(name)
         others = self.taken(host, besides=name)
         try:
-            got = self.table.register(service, host, instance, pair[0], pair[1], self.now)
+            got = self.table.register(service, host, instance, pair[0], pair[1], self.now, secret=SECRET)
         except LeaseConflict:
             assert (held is not None and held.instance != instance) or others & set(pair)
             self.assertUnchanged(before)
@@ -519,7 +590,7 @@ class LeaseMachine(RuleBasedStateMachine):
         name = service.lower()
         held = self.live.get(name)
         try:
-            got = self.table.renew(service, instance, self.now)
+            got = self.table.renew(service, instance, self.now, secret=SECRET)
         except LeaseError:
             assert held is None or held.instance != instance
             return
@@ -533,7 +604,7 @@ class LeaseMachine(RuleBasedStateMachine):
         name = service.lower()
         held = self.live.get(name)
         expected = held is not None and held.instance == instance
-        assert self.table.release(service, instance, self.now) is expected
+        assert self.table.release(service, instance, self.now, secret=SECRET) is expected
         if expected:
             del self.live[name]
 

@@ -11,12 +11,18 @@ no method ever sees an expired lease.
 One owner per service at any instant (R6): while a live lease is held by one
 dispatcher process (its ``instance``), another process asking for the same
 service gets :class:`~cauldron.errors.LeaseConflict` until the lease expires or
-is released.  A restarted router is repopulated by :meth:`LeaseTable.register`
-(R3): dispatchers re-announce the ports they already have bound.
+is released.  The proof of holding a lease is its ``secret``, drawn at random
+when the lease is granted and handed only to its holder: renewing,
+releasing, moving or re-leasing it takes the secret, never just the instance
+(which clients see, as the owner to ask for).  A restarted router is
+repopulated by :meth:`LeaseTable.register` (R3): dispatchers re-announce the
+ports they already have bound.
 """
 
 import dataclasses
+import hmac
 import math
+import secrets
 from collections.abc import Iterable
 
 from cauldron.errors import ConfigError, LeaseConflict, LeaseError
@@ -44,6 +50,8 @@ class Lease:
     ttl: float
     #: how the dispatcher's addresses are reached (``tcp`` or ``ipc``)
     protocol: str = "tcp"
+    #: the holder's proof, shown to nobody else
+    secret: str = dataclasses.field(default="", repr=False)
 
     @property
     def ports(self) -> tuple[int, int]:
@@ -92,6 +100,12 @@ def _avoidSet(avoid: Iterable[int]) -> frozenset[int]:
     return ports
 
 
+def _isHolder(lease: Lease, instance: str, secret: str) -> bool:
+    """Whether a request proves it comes from the lease's holder."""
+    return (lease.instance == instance and isinstance(secret, str) and bool(secret)
+            and hmac.compare_digest(lease.secret, secret))
+
+
 def _holder(lease: Lease, now: float) -> dict:
     """What a rival needs to know about a lease's holder (see LeaseConflict)."""
     return {
@@ -122,7 +136,8 @@ class LeaseTable:
     restarted dispatcher gets its old ports back when they are free.
     """
 
-    def __init__(self, firstPort: int, lastPort: int, ttl: float, *, remember: int = 1024):
+    def __init__(self, firstPort: int, lastPort: int, ttl: float, *, remember: int = 1024,
+                 maxPerHost: int = 64, newSecret=lambda: secrets.token_hex(16)):
         lastOk = _isPort(lastPort) or lastPort == _MAX_PORT + 1  # the range is half-open
         if not (_isPort(firstPort) and lastOk):
             raise ConfigError(
@@ -141,6 +156,8 @@ class LeaseTable:
         self.lastPort = lastPort
         self.ttl = ttl
         self._remember = remember
+        self._maxPerHost = maxPerHost
+        self._newSecret = newSecret
         self._leases: dict[str, Lease] = {}
         # Ports belong to a host: two hosts may use the same port numbers.
         self._owners: dict[tuple[str, int], str] = {}
@@ -196,34 +213,39 @@ class LeaseTable:
         avoid: Iterable[int] = (),
         ttl: float | None = None,
         protocol: str = "tcp",
+        secret: str = "",
     ) -> Lease:
-        """Grant the service a port pair, or give its live lease back to the same instance.
+        """Grant the service a port pair, or give its live lease back to its holder.
 
         ``avoid`` lists ports the dispatcher found taken on its host; it asks
         again with the accumulated list, so a held pair touching it is moved.
         ``ttl`` overrides the table's lease lifetime for this lease (a
-        dispatcher with slow heartbeats needs longer).
+        dispatcher with slow heartbeats needs longer).  The holder of a live
+        lease proves it with the lease's ``secret``.
         """
         self.expire(now)
         name = _serviceName(service)
         avoided = _avoidSet(avoid)
         held = self._leases.get(name)
         if held is not None:
-            if held.instance != instance:
+            if not _isHolder(held, instance, secret):
                 raise self._conflict(held, now)
             if avoided.isdisjoint(held.ports) and held.host == host:
                 return self._store(dataclasses.replace(
                     held, renewed=now, ttl=self._ttl(ttl), protocol=protocol))
         if held is not None:
             self._drop(held)
+        else:
+            self._checkRoom(host)
         pair = self._choose(name, host, avoided)
         if pair is None:
             if held is not None:
                 self._store(held)  # a failed request changes nothing
             raise LeaseError(self._exhausted(host, avoided))
-        return self._store(
-            Lease(name, host, instance, pair[0], pair[1], now, now, self._ttl(ttl), protocol)
-        )
+        return self._store(Lease(
+            name, host, instance, pair[0], pair[1], now, now, self._ttl(ttl), protocol,
+            held.secret if held is not None else self._newSecret(),
+        ))
 
     def register(
         self,
@@ -236,11 +258,13 @@ class LeaseTable:
         ttl: float | None = None,
         protocol: str = "tcp",
         takeover: bool = False,
+        secret: str = "",
     ) -> Lease:
         """Record ports a dispatcher already has bound (after a router restart, or fixed ports).
 
-        The same instance registering other ports moves its lease: the process
-        that bound the sockets knows best where it listens.  With
+        The holder (proved by the ``secret``) registering other ports moves
+        its lease: the process that bound the sockets knows best where it
+        listens.  A service nobody holds gets a new lease and secret.  With
         ``takeover``, a new instance replaces the holder of the service's
         lease if the holder is on the same host with the same ports and
         protocol: the new instance has just bound those ports, so the holder
@@ -254,7 +278,7 @@ class LeaseTable:
                 f"need two distinct port numbers"
             )
         held = self._leases.get(name)
-        if held is not None and held.instance != instance:
+        if held is not None and not _isHolder(held, instance, secret):
             replaceable = takeover and held.host == host and held.protocol == protocol \
                 and held.ports == (dispatchPort, broadcastPort)
             if not replaceable:
@@ -277,26 +301,32 @@ class LeaseTable:
                 held, renewed=now, ttl=self._ttl(ttl), protocol=protocol))
         if held is not None:
             self._drop(held)
+        else:
+            self._checkRoom(host)
         lease = Lease(name, host, instance, dispatchPort, broadcastPort, now, now,
-                      self._ttl(ttl), protocol)
+                      self._ttl(ttl), protocol,
+                      held.secret if held is not None else self._newSecret())
         return self._store(lease)
 
-    def renew(self, service: str, instance: str, now: float) -> Lease:
-        """Keep a lease alive (a heartbeat); failing tells the dispatcher to register again."""
+    def renew(self, service: str, instance: str, now: float, secret: str = "") -> Lease:
+        """Keep a lease alive (a heartbeat); failing tells the dispatcher to register again.
+
+        Anyone but the holder (wrong secret) gets LeaseConflict naming the holder.
+        """
         self.expire(now)
         name = _serviceName(service)
         held = self._leases.get(name)
         if held is None:
             raise LeaseError(f"service {name!r} holds no live lease: register again")
-        if held.instance != instance:
+        if not _isHolder(held, instance, secret):
             raise self._conflict(held, now)
         return self._store(dataclasses.replace(held, renewed=now))
 
-    def release(self, service: str, instance: str, now: float) -> bool:
-        """Drop the instance's lease so its ports are free at once; False if it held none."""
+    def release(self, service: str, instance: str, now: float, secret: str = "") -> bool:
+        """Drop the holder's lease so its ports are free at once; False if it held none."""
         self.expire(now)
         held = self._leases.get(_serviceName(service))
-        if held is None or held.instance != instance:
+        if held is None or not _isHolder(held, instance, secret):
             return False
         self._drop(held)
         return True
@@ -309,6 +339,12 @@ class LeaseTable:
         if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl < math.inf:
             raise LeaseError(f"a lease ttl must be a positive number of seconds, not {ttl!r}")
         return max(float(ttl), self.ttl)
+
+    def _checkRoom(self, host: str) -> None:
+        """A host holds at most ``maxPerHost`` leases: one host cannot fill the table."""
+        held = sum(1 for lease in self._leases.values() if lease.host == host)
+        if held >= self._maxPerHost:
+            raise LeaseError(f"host {host!r} already holds {held} leases, the most one host may")
 
     def _isFree(self, host: str, pair: tuple[int, int], avoided: frozenset[int]) -> bool:
         return all(port not in avoided and (host, port) not in self._owners for port in pair)

@@ -250,6 +250,8 @@ class Lease(_Message, tag="lease"):
     ``interval`` is the dispatcher's heartbeat interval: its lease lives for
     three of them (at least the router's own lease lifetime).  ``protocol``
     (``tcp`` or ``ipc``) is how clients reach the dispatcher's addresses.
+    ``secret`` is the holder's proof when it asks again for a lease it holds
+    (to move it off ports found taken); empty for a new lease.
     """
 
     id: int
@@ -259,6 +261,7 @@ class Lease(_Message, tag="lease"):
     avoid: list[int] = []
     interval: float = 1.0
     protocol: str = "tcp"
+    secret: str = ""
 
 
 class Register(_Message, tag="register"):
@@ -279,22 +282,25 @@ class Register(_Message, tag="register"):
     interval: float = 1.0
     protocol: str = "tcp"
     takeover: bool = False
+    secret: str = ""
 
 
 class Renew(_Message, tag="renew"):
-    """The dispatcher's heartbeat to the router: keep my lease alive."""
+    """The dispatcher's heartbeat to the router: keep my lease alive (``secret`` proves it)."""
 
     id: int
     service: str
     instance: str
+    secret: str = ""
 
 
 class Release(_Message, tag="release"):
-    """A dispatcher stopping cleanly gives its ports back."""
+    """A dispatcher stopping cleanly gives its ports back (``secret`` proves it holds them)."""
 
     id: int
     service: str
     instance: str
+    secret: str = ""
 
 
 class Locate(_Message, tag="locate"):
@@ -314,7 +320,11 @@ class ListServices(_Message, tag="services"):
 
 
 class Leased(_Message, tag="leased"):
-    """A granted or renewed lease; it lasts ``ttl`` seconds without renewal."""
+    """A granted or renewed lease; it lasts ``ttl`` seconds without renewal.
+
+    ``secret`` proves holding it: the router gives it only to the holder,
+    and asks for it to renew, release or move the lease.
+    """
 
     id: int
     service: str
@@ -322,6 +332,7 @@ class Leased(_Message, tag="leased"):
     dispatchPort: int
     broadcastPort: int
     ttl: float
+    secret: str = ""
 
 
 class Location(_Message, tag="location"):
