@@ -8,9 +8,15 @@ sockets.  A :class:`Config` is immutable: code that wants a different value
 The file is found, in order: the ``path`` argument, the ``CAULDRON_CONFIG``
 environment variable, else built-in defaults only.  Anywhere a config is
 accepted, an already-loaded :class:`Config` is accepted too.
+
+``[security]`` switches secure mode on and names the key files; paths are
+made absolute at load (relative to the file's directory), so a process that
+changes directory later still finds them.  The keys themselves are read by
+:mod:`cauldron.transport.curve`.
 """
 
 import configparser
+import difflib
 import os
 import types
 import warnings
@@ -53,8 +59,20 @@ DEFAULTS = types.MappingProxyType(
                 "allow-spawn": "yes",
             }
         ),
+        "security": types.MappingProxyType(
+            {
+                "curve": "no",
+                "secret-key": "",
+                "router-key": "",
+                "client-keys": "",
+                "dispatcher-keys": "",
+            }
+        ),
     }
 )
+
+#: ``[security]`` keys naming files or directories (relative to the config file)
+PATH_KEYS = ("secret-key", "router-key", "client-keys", "dispatcher-keys")
 
 _PROTOCOLS = ("tcp", "ipc")
 _TRUE = ("yes", "true", "on", "1")
@@ -130,6 +148,13 @@ def _text(text):
     return word
 
 
+def _path(text):
+    # Empty: not set.  Made absolute by _resolvePaths once the base is known.
+    if text is None:
+        return ""
+    return os.path.expanduser(str(text).strip())
+
+
 _PARSERS = {
     "zmq": {
         "host": _text,
@@ -149,7 +174,17 @@ _PARSERS = {
         "process": _text,
         "allow-spawn": _boolean,
     },
+    "security": {
+        "curve": _boolean,
+        "secret-key": _path,
+        "router-key": _path,
+        "client-keys": _path,
+        "dispatcher-keys": _path,
+    },
 }
+
+#: sections where a misspelt key could silently switch a protection off
+_STRICT_SECTIONS = ("security",)
 
 
 def _address(protocol, host, port):
@@ -189,16 +224,14 @@ class Config:
         raw = {section: dict(keys) for section, keys in DEFAULTS.items()}
         for section, keys in (mapping or {}).items():
             if section not in raw:
-                if section.lower().startswith("zmq"):
-                    # Other tools may share the file, but [zmq_router] is a typo.
-                    warnings.warn(
-                        "%s: [%s]: unknown section, ignored (known: [zmq], [zmq-router])"
-                        % (source, section),
-                        ConfigWarning,
-                        stacklevel=3,
-                    )
+                _unknownSection(section, source)
                 continue
             for key, value in keys.items():
+                if key not in raw[section] and section in _STRICT_SECTIONS:
+                    raise ConfigError(
+                        "%s: [%s] %s: unknown key (known: %s)"
+                        % (source, section, key, ", ".join(raw[section]))
+                    )
                 if key not in raw[section]:
                     warnings.warn(
                         "%s: [%s] %s: unknown key, ignored" % (source, section, key),
@@ -207,7 +240,7 @@ class Config:
                     )
                     continue
                 raw[section][key] = value
-        return cls(_validate(raw, source), path=path, source=source)
+        return cls(_validate(raw, source, _baseOf(path)), path=path, source=source)
 
     @property
     def path(self):
@@ -237,7 +270,10 @@ class Config:
         self.get(section, key)
         raw = {s: dict(keys) for s, keys in self._values.items()}
         raw[section][key] = value
-        return Config(_validate(raw, self._source), path=self._path, source=self._source)
+        return Config(
+            _validate(raw, self._source, _baseOf(self._path)),
+            path=self._path, source=self._source,
+        )
 
     def asDict(self):
         """A plain copy of every typed value, ``{section: {key: value}}``."""
@@ -274,7 +310,30 @@ class Config:
         return "<Config from %s>" % (self._source,)
 
 
-def _validate(raw, source):
+def _unknownSection(section, source):
+    """Other tools may share the file, but [zmq_router] or [Security] is a typo.
+
+    A misspelt [security] would leave secure mode off without a word: an error.
+    """
+    if difflib.get_close_matches(section.lower(), _STRICT_SECTIONS, cutoff=0.75):
+        raise ConfigError(
+            "%s: [%s]: unknown section (did you mean [security]?)" % (source, section)
+        )
+    if section.lower().startswith("zmq"):
+        warnings.warn(
+            "%s: [%s]: unknown section, ignored (known: [zmq], [zmq-router], [security])"
+            % (source, section),
+            ConfigWarning,
+            stacklevel=4,
+        )
+
+
+def _baseOf(path):
+    """The directory relative paths in a config are relative to."""
+    return os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
+
+
+def _validate(raw, source, base):
     """Parse every value of ``raw``; the first bad one raises ConfigError."""
     values = {}
     for section, parsers in _PARSERS.items():
@@ -302,9 +361,22 @@ def _validate(raw, source):
             "(last-port is exclusive; leases are port pairs from [first-port, last-port))"
             % (source, raw["zmq-router"]["last-port"], r["first-port"] + 2)
         )
+    _validateSecurity(values["security"], source, base)
     return types.MappingProxyType(
         {s: types.MappingProxyType(k) for s, k in values.items()}
     )
+
+
+def _validateSecurity(security, source, base):
+    """Make key paths absolute; secure mode needs at least this process's own key."""
+    for key in PATH_KEYS:
+        if security[key]:
+            security[key] = os.path.normpath(os.path.join(base, security[key]))
+    if security["curve"] and not security["secret-key"]:
+        raise ConfigError(
+            "%s: [security] secret-key: required with curve = yes"
+            " (this process's key pair, NAME.key_secret)" % (source,)
+        )
 
 
 def _readFile(path):

@@ -36,6 +36,11 @@ EXPECTED_DEFAULTS = {
     ("zmq-router", "verbose"): 0,
     ("zmq-router", "process"): "thread",
     ("zmq-router", "allow-spawn"): True,
+    ("security", "curve"): False,
+    ("security", "secret-key"): "",
+    ("security", "router-key"): "",
+    ("security", "client-keys"): "",
+    ("security", "dispatcher-keys"): "",
 }
 
 
@@ -47,7 +52,7 @@ def test_defaults():
         assert got == value and type(got) is type(value), (section, key)
 
 
-def test_exactlyTheSeedKeys():
+def test_exactlyTheSeedKeysAndSecurity():
     c = load()
     keys = {(s, k) for s, ks in c.asDict().items() for k in ks}
     assert keys == set(EXPECTED_DEFAULTS)
@@ -321,3 +326,87 @@ def test_misspelledSectionWarned(tmp_path):
     assert any("[zmq_router]: unknown section" in m for m in messages), messages
     assert not any("other-tool" in m for m in messages)
     assert cfg.get("zmq-router", "port") == 6510
+
+
+# -- [security] (issue 10) ---------------------------------------------------------
+
+
+def test_securityOffByDefault():
+    c = load()
+    assert c.get("security", "curve") is False
+    assert all(c.get("security", key) == "" for key in config.PATH_KEYS)
+
+
+def test_securityPathsRelativeToTheFile(tmp_path):
+    (tmp_path / "etc").mkdir()
+    path = writeConfig(
+        tmp_path / "etc",
+        "[security]\ncurve = yes\nsecret-key = keys/me.key_secret\n"
+        "router-key = ../public/router.key\nclient-keys = /abs/clients\n",
+    )
+    c = load(path)
+    assert c.get("security", "curve") is True
+    assert c.get("security", "secret-key") == str(tmp_path / "etc" / "keys" / "me.key_secret")
+    assert c.get("security", "router-key") == str(tmp_path / "public" / "router.key")
+    assert c.get("security", "client-keys") == "/abs/clients"
+    assert c.get("security", "dispatcher-keys") == ""
+
+
+def test_securityPathsWithoutFileRelativeToWorkingDirectory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    c = Config.fromMapping({"security": {"curve": "yes", "secret-key": "me.key_secret"}})
+    assert c.get("security", "secret-key") == str(tmp_path / "me.key_secret")
+    # Made absolute once: changing directory later changes nothing.
+    monkeypatch.chdir("/")
+    assert c.replace("zmq", "host", "h").get("security", "secret-key") == str(
+        tmp_path / "me.key_secret")
+
+
+def test_securityHomeExpanded(monkeypatch):
+    monkeypatch.setenv("HOME", "/home/astro")
+    c = Config.fromMapping({"security": {"secret-key": "~/keys/me.key_secret"}})
+    assert c.get("security", "secret-key") == "/home/astro/keys/me.key_secret"
+
+
+def test_curveNeedsSecretKey(tmp_path):
+    path = writeConfig(tmp_path, "[security]\ncurve = yes\n")
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: [security] secret-key: required with curve = yes")
+
+
+def test_curveBadBoolean(tmp_path):
+    path = writeConfig(tmp_path, "[security]\ncurve = maybe\n")
+    with pytest.raises(ConfigError, match=r"\[security\] curve = 'maybe': not a boolean"):
+        load(path)
+
+
+def test_unknownSecurityKeyIsAnError(tmp_path):
+    """A misspelt key in [security] could leave a protection off: it stops the load."""
+    path = writeConfig(tmp_path, "[security]\ncruve = yes\n")
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert str(info.value).startswith(f"{path}: [security] cruve: unknown key")
+
+
+@pytest.mark.parametrize("section", ["Security", "securty", "SECURITY", "secuirty"])
+def test_misspeltSecuritySectionIsAnError(tmp_path, section):
+    """A misspelt [security] would leave secure mode off without a word."""
+    path = writeConfig(tmp_path, "[%s]\ncurve = yes\n" % section)
+    with pytest.raises(ConfigError, match=r"\[%s\]: unknown section \(did you mean \[security\]" %
+                       section):
+        load(path)
+
+
+def test_securityRoundTripsThroughAFile(tmp_path):
+    """Values in force written back as INI (as a spawned router gets them) load the same."""
+    c = Config.fromMapping({"security": {"curve": "no", "client-keys": str(tmp_path)}})
+    path = tmp_path / "again.ini"
+    with open(path, "w") as f:
+        for section, values in c.asDict().items():
+            f.write(f"[{section}]\n")
+            for key, value in values.items():
+                value = ("yes" if value else "no") if isinstance(value, bool) else value
+                f.write(f"{key} = {value}\n")
+    assert load(str(path)) == c
