@@ -80,6 +80,22 @@ class TransportTests(unittest.TestCase):
         self.assertEqual(sockets["publisher"].socket.get(zmq.TYPE), zmq.XPUB)
         self.assertEqual(sockets["subscriber"].socket.get(zmq.TYPE), zmq.SUB)
 
+    def test_plainModeIsPlain(self):
+        """Without a Curve (the default) no socket speaks CURVE and no ZAP handler runs."""
+        self.assertFalse(self.transport.secure)
+        self.assertIsNone(self.transport.authenticator)
+        self.assertIsNone(self.transport.refusals)
+        router = self.transport.router(lambda identity, frames: None)
+        publisher = self.transport.publisher()
+        for connection in (router, publisher):
+            connection.bind(bindAddress("tcp", HOST, 0))
+        sockets = [router, publisher, self.transport.dealer(lambda frames: None),
+                   self.transport.subscriber(lambda frames: None)]
+        for connection in sockets:
+            self.assertEqual(connection.socket.get(zmq.MECHANISM), zmq.NULL)
+            self.assertEqual(connection.socket.get(zmq.ZAP_DOMAIN), b"")
+            self.assertFalse(connection.secure)
+
     def test_bindReturnsResolvedAddress(self):
         """Binding port 0 returns the address actually bound, with a real port."""
         router = self.transport.router(lambda identity, frames: None)

@@ -22,17 +22,30 @@ ROUTER sockets report the peer identity with each message and send replies
 to it; the identity is ZeroMQ's, never a value the peer chose.  Publishers
 (XPUB) take far less from their peers: see
 :mod:`cauldron.transport.publisher`.
+
+In secure mode (:meth:`_Connection.useCurve`, keys from
+:mod:`cauldron.transport.curve`) a socket becomes a CURVE server when it
+binds and a CURVE client when it connects, its options set just before, as
+libzmq applies security options only to later binds and connects.  A server
+names the ZAP domain and enforces it, so without an authenticator nothing
+passes.
 """
+
+import itertools
+import struct
 
 import zmq
 from twisted.logger import Logger
 from txzmq import ZmqConnection
+
+from cauldron.errors import ConfigError
 
 __all__ = [
     "HIGH_WATER_MARK",
     "MAX_MESSAGE_BYTES",
     "LINGER_MS",
     "READ_BATCH",
+    "ZAP_DOMAIN",
     "AddressInUse",
     "Peer",
     "QueueFull",
@@ -58,6 +71,8 @@ TCP_MAXRT_MS = 5000
 #: a connection attempt unanswered this long is retried (a pending SYN would
 #: otherwise wait for the kernel's backoff, seconds after a partition heals)
 CONNECT_TIMEOUT_MS = 1000
+#: the ZAP domain of every secure server socket (the authenticator checks it)
+ZAP_DOMAIN = b"cauldron"
 
 log = Logger()
 
@@ -68,6 +83,16 @@ _EVENTS = int(zmq.EVENTS)
 _RCVMORE = int(zmq.RCVMORE)
 _RECV = int(zmq.NOBLOCK)
 _POLLIN = int(zmq.POLLIN)
+_HANDSHAKE_FAILED = int(
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+_PROTOCOL_ERRORS = {
+    int(getattr(zmq, name)): name[len("PROTOCOL_ERROR_"):].lower().replace("_", " ")
+    for name in dir(zmq) if name.startswith("PROTOCOL_ERROR_")
+}
+_monitorIds = itertools.count()
 
 
 class QueueFull(Exception):
@@ -103,11 +128,18 @@ class _Connection(ZmqConnection):
     reconnectInterval = RECONNECT_MS
     reconnectIntervalMax = RECONNECT_MAX_MS
 
+    #: frames a message may have; the rest of a longer one is dropped
+    maxFrames = MAX_FRAMES
+
     def __init__(self, factory, onMessage):
         # txZMQ's constructor registers the reader and calls doRead(): our
         # state must exist before it runs (txZMQ #79).
         self._onMessage = onMessage
         self._reading = False
+        self._curve = None
+        self._serverKey = None
+        self._refusals = None
+        self._role = None
         self.malformed = 0
         self.closed = False
         super().__init__(factory)
@@ -122,8 +154,39 @@ class _Connection(ZmqConnection):
     def _configure(self, socket):
         """Socket-type specific options, set before any bind or connect."""
 
+    def useCurve(self, curve, serverKey=None, refusals=None):
+        """Secure this socket with ``curve``'s key pair (before any bind or connect).
+
+        Binding then makes it a CURVE server; connecting makes it a CURVE
+        client of the server whose public key is ``serverKey``, and fails
+        without one.  ``refusals(kind, reason)`` hears of peers turned away.
+        """
+        if self._role is not None:
+            raise RuntimeError(f"{self!r} is bound or connected already: too late to secure")
+        self._curve = curve
+        self._serverKey = serverKey
+        self._refusals = refusals
+
+    @property
+    def secure(self):
+        """Whether this socket speaks CURVE (see :meth:`useCurve`)."""
+        return self._curve is not None
+
+    def _secure(self, role):
+        """Set the CURVE options of ``role`` ("server", "client") before the first bind/connect."""
+        if self._curve is None or self._role == role:
+            return
+        if self._role is not None:
+            raise RuntimeError(f"{self!r} is a CURVE {self._role}: it cannot also be a {role}")
+        if role == "server":
+            _serverOptions(self.socket, self._curve)
+        else:
+            _clientOptions(self.socket, self._curve, self._serverKey)
+        self._role = role
+
     def bind(self, address):
         """Bind, and return the address actually bound (ephemeral ports resolved)."""
+        self._secure("server")
         try:
             self.socket.bind(address)
         except zmq.ZMQError as e:
@@ -133,6 +196,7 @@ class _Connection(ZmqConnection):
         return self.socket.get(zmq.LAST_ENDPOINT).decode("ascii")
 
     def connect(self, address):
+        self._secure("client")
         self.socket.connect(address)
 
     def doRead(self):
@@ -160,7 +224,7 @@ class _Connection(ZmqConnection):
                 frames = [self._receiveFirst(socket)]
                 while socket.getsockopt(_RCVMORE):
                     frames.append(socket.recv(_RECV))
-                    if len(frames) > MAX_FRAMES:
+                    if len(frames) > self.maxFrames:
                         frames = self._discardRest(socket)
                         break
             except zmq.Again:
@@ -228,6 +292,60 @@ class _Connection(ZmqConnection):
         return f"<{type(self).__name__} {self.endpoints or ''}>"
 
 
+def _serverOptions(socket, curve):
+    """A CURVE server with this process's key pair, admitting only whom ZAP admits."""
+    socket.set(zmq.CURVE_SERVER, 1)
+    socket.set(zmq.CURVE_SECRETKEY, curve.secretKey)
+    socket.set(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
+    # Without it libzmq skips ZAP when no handler is bound: any key passes.
+    socket.set(zmq.ZAP_ENFORCE_DOMAIN, 1)
+
+
+def _clientOptions(socket, curve, serverKey):
+    """A CURVE client with this process's key pair, talking only to ``serverKey``."""
+    if serverKey is None:
+        raise ConfigError("secure mode: no public key of the server to connect to")
+    socket.set(zmq.CURVE_SERVERKEY, serverKey)
+    socket.set(zmq.CURVE_PUBLICKEY, curve.publicKey)
+    socket.set(zmq.CURVE_SECRETKEY, curve.secretKey)
+
+
+class _HandshakeMonitor(_Connection):
+    """The PAIR end of a secure server socket's monitor: counts failed handshakes.
+
+    libzmq's I/O thread sends events blocking: the queue is unbounded and
+    monitoring stops before this end closes, whichever is closed first.
+    """
+
+    socketType = zmq.PAIR
+    highWaterMark = 0
+
+    def __init__(self, factory, server):
+        self._server = server
+        super().__init__(factory, self._event)
+
+    def _event(self, frames):
+        if len(frames) != 2 or len(frames[0]) != 6:
+            return
+        event, value = struct.unpack("=Hi", frames[0])
+        if event & _HANDSHAKE_FAILED:
+            self._server._handshakeFailed(event, value, frames[1])
+
+    def shutdown(self):
+        if not self.closed:
+            self._server._stopMonitoring()
+        super().shutdown()
+
+
+def _failure(event, value):
+    """Why a handshake failed, in words."""
+    if event & zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        return "protocol error: " + _PROTOCOL_ERRORS.get(value, f"{value:#x}")
+    if event & zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return f"refused by the authenticator ({value})"
+    return "failed: " + (zmq.strerror(value) if value > 0 else "no detail")
+
+
 class Peer(bytes):
     """The routing identity of a ROUTER's peer, which also tells who the peer is.
 
@@ -269,9 +387,50 @@ class RouterConnection(_Connection):
 
     socketType = zmq.ROUTER
 
+    def __init__(self, factory, onMessage):
+        self._monitor = None
+        self._monitoring = False
+        #: handshakes of peers that failed (secure mode: wrong mechanism, key...)
+        self.handshakeFailures = 0
+        super().__init__(factory, onMessage)
+
     def _configure(self, socket):
         socket.set(zmq.ROUTER_MANDATORY, 1)
         socket.set(zmq.ROUTER_HANDOVER, 0)
+
+    def _secure(self, role):
+        super()._secure(role)
+        if self._role == "server" and self._monitor is None:
+            self._startMonitoring()
+
+    def _startMonitoring(self):
+        """Hear of failed handshakes: a peer without an allowed key never says more."""
+        address = f"inproc://cauldron-handshake-monitor-{next(_monitorIds)}"
+        self.socket.monitor(address, _HANDSHAKE_FAILED)
+        self._monitoring = True
+        self._monitor = _HandshakeMonitor(self.factory, self)
+        self._monitor.connect(address)
+
+    def _stopMonitoring(self):
+        if self._monitoring and not self.closed:
+            self._monitoring = False
+            self.socket.disable_monitor()
+
+    def _handshakeFailed(self, event, value, endpoint):
+        self.handshakeFailures += 1
+        if self._refusals is not None and not event & zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            # Refusals by the authenticator are counted there, with the key.
+            where = endpoint.decode("utf-8", "replace")
+            self._refusals("failed handshakes", f"{_failure(event, value)} on {where}")
+
+    def shutdown(self):
+        if self.closed:
+            return
+        self._stopMonitoring()
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:
+            monitor.shutdown()
+        super().shutdown()
 
     def _receiveFirst(self, socket):
         return Peer(socket.recv(_RECV, copy=False))
