@@ -1,4 +1,4 @@
-"""The ``cauldron`` command: show, modify, monitor, describe, services, demo.
+"""The ``cauldron`` command: show, modify, monitor, describe, services, demo, keys.
 
 ``main`` parses arguments and runs :func:`runCommand` under
 ``twisted.internet.task.react``; :func:`runCommand` (the seam tests call
@@ -118,7 +118,25 @@ def makeParser():
 
     commands.add_parser("services", parents=[common], help="list what the router knows")
     commands.add_parser("demo", parents=[common], help="run a router and a demo dispatcher")
+    _addKeysParser(commands, common)
     return parser
+
+
+def _addKeysParser(commands, common):
+    keys = commands.add_parser("keys", help="make and list CURVE key pairs (secure mode)")
+    actions = keys.add_subparsers(dest="keysCommand", metavar="ACTION")
+    actions.required = True
+    generate = actions.add_parser(
+        "generate", parents=[common],
+        help="write DIR/NAME.key (public) and DIR/NAME.key_secret (secret, mode 0600)",
+    )
+    generate.add_argument("name", metavar="NAME")
+    generate.add_argument("--dir", default=".", metavar="DIR",
+                          help="where to write them (default: here; made 0700 if missing)")
+    listing = actions.add_parser(
+        "list", parents=[common], help="print NAME  PUBLICKEY for each key in DIR"
+    )
+    listing.add_argument("dir", metavar="DIR")
 
 
 def parseArgs(argv):
@@ -351,6 +369,22 @@ async def _demo(reactor, args, printer):
     return EXIT_OK
 
 
+async def _keys(reactor, args, printer):
+    from cauldron.transport.curve import generateCertificate, listCertificates, readCertificate
+
+    if args.keysCommand == "generate":
+        public, secret = generateCertificate(args.dir, args.name)
+        printer.line("%s  %s" % (args.name, readCertificate(public)[0].decode()))
+        printer.line("wrote %s (public: give it to the peers that must know it)" % (public,))
+        printer.line("wrote %s (secret: mode 0600; keep it on the host that uses it)" % (secret,))
+        return EXIT_OK
+    rows = [[name, key.decode(), "secret" if hasSecret else ""]
+            for name, key, hasSecret in listCertificates(args.dir)]
+    for line in _columns(rows):
+        printer.line(line)
+    return EXIT_OK
+
+
 def _stopRunning(svc):
     """Stop a service if it still runs (a Deferred either way)."""
     if not svc.running:
@@ -365,6 +399,7 @@ _COMMANDS = {
     "describe": _describe,
     "services": _services,
     "demo": _demo,
+    "keys": _keys,
 }
 
 
