@@ -14,7 +14,10 @@ re-read.  A dispatcher silent for three heartbeats is reported disconnected;
 when it is heard again its monitors are primed again.
 """
 
+import getpass
 import math
+import os
+import socket
 import time
 from collections import deque, namedtuple
 
@@ -88,6 +91,8 @@ class ClientService(service.Service):
         self._connecting = {}
         self._loading = set()
         self._locator = None
+        #: what writes say of who sends them, for the dispatcher's record
+        self.origin = _origin()
 
     def startService(self):
         super().startService()
@@ -170,6 +175,15 @@ class ClientService(service.Service):
                 waiter.errback(result)
             else:
                 waiter.callback(result)
+
+
+def _origin():
+    """This process, as it describes itself to dispatchers (unverified, for their logs)."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # no name for the uid (a container, say)
+        user = str(os.getuid())
+    return {"host": socket.gethostname(), "user": user, "pid": os.getpid()}
 
 
 def _checkPeriod(interval):
@@ -641,7 +655,7 @@ class RemoteKeyword:
             return defer.fail(BadValue(f"{self.name}: cannot send {value!r}"))
         d = self._request(
             lambda i, deadline, owner: Write(i, self.name, value, self.service.name, deadline,
-                                             owner),
+                                             owner, self.service._client.origin),
             "write", timeout,
         )
         d.addCallback(self._replied)

@@ -16,6 +16,7 @@ that another dispatcher now owns its service stops serving at once (it is
 *fenced*).
 """
 
+import fnmatch
 import os
 import time
 import uuid
@@ -30,8 +31,11 @@ from cauldron import config as _config
 from cauldron.errors import (
     BadValue,
     CauldronError,
+    CauldronTimeout,
+    ConfigError,
     HookError,
     NotOwner,
+    PermissionDenied,
     ReadOnly,
     ServiceUnavailable,
     UnknownKeyword,
@@ -67,6 +71,8 @@ __all__ = [
 ]
 
 log = Logger()
+#: one event per accepted write: who wrote what (feed it to the site's log system)
+audit = Logger(namespace="cauldron.audit")
 
 #: writes one keyword may have waiting behind a slow one before we refuse more
 MAX_QUEUED_WRITES = 100
@@ -115,6 +121,10 @@ class DispatcherService(service.Service):
         channel and lease renewals with the router.
     :param wallClock: seconds since the epoch, for request deadlines and
         timestamps (``time.time`` unless a test replaces it).
+    :param writers: key names or glob patterns allowed to write the keywords
+        that name none of their own (``keyword.writers``); None allows every
+        key the dispatcher lets in.  Secure mode only.
+    :param readers: the same for reads, describes and monitors.
 
     :ivar state: :data:`STOPPED`, :data:`STARTING`, :data:`SERVING` or
         :data:`FENCED`; see also :meth:`whenFenced`.
@@ -122,7 +132,7 @@ class DispatcherService(service.Service):
 
     def __init__(
         self, name, config=None, keywords=(), setup=None, reactor=None, heartbeatInterval=1.0,
-        wallClock=time.time,
+        wallClock=time.time, writers=None, readers=None,
     ):
         if reactor is None:
             from twisted.internet import reactor
@@ -137,6 +147,8 @@ class DispatcherService(service.Service):
         self.dispatchAddress = None
         self.broadcastAddress = None
         self._wallClock = wallClock
+        self.writers = None if writers is None else tuple(writers)
+        self.readers = None if readers is None else tuple(readers)
         self.malformed = RateLimitedCounter("malformed messages", reactor)
         self.expired = RateLimitedCounter(
             "requests that arrived after their deadline (the client had given up)", reactor,
@@ -278,7 +290,10 @@ class DispatcherService(service.Service):
                 keyword.begin()
             except (CauldronError, ValueError) as e:
                 log.error("{kw}: bad initial value: {e}", kw=keyword.name, e=e)
-        if self.config.get("zmq-router", "enable"):
+        unenforceable = self._unenforceablePermissions()
+        if unenforceable is not None:
+            d = defer.fail(unenforceable)
+        elif self.config.get("zmq-router", "enable"):
             from cauldron.routerlink import RouterLink
 
             self._router = RouterLink(self, self._transport, self.reactor)
@@ -288,6 +303,25 @@ class DispatcherService(service.Service):
         self._starting = d
         run = self._run
         d.addCallbacks(self._started, self._failedToStart, (run,), None, (run,))
+
+    def _unenforceablePermissions(self):
+        """A ConfigError if writers/readers are set but cannot be checked (no secure mode).
+
+        Without keys the dispatcher cannot tell who asks: a permission that
+        cannot be enforced must not look enforced.
+        """
+        if self.config.get("security", "curve"):
+            return None
+        named = [f"{self.name}.{kw.name}" for kw in self._keywords.values()
+                 if kw.writers is not None or kw.readers is not None]
+        if self.writers is not None or self.readers is not None:
+            named.insert(0, f"service {self.name}")
+        if not named:
+            return None
+        return ConfigError(
+            f"{', '.join(named[:3])}{' ...' if len(named) > 3 else ''}: writers/readers need "
+            "secure mode ([security] curve = yes): without keys nobody can be told apart"
+        )
 
     def _bindDirect(self):
         protocol = self.config.get("zmq", "protocol")
@@ -540,12 +574,22 @@ class DispatcherService(service.Service):
             return True
         return False
 
+    def _mayRead(self, keyword, peer):
+        patterns = keyword.readers if keyword.readers is not None else self.readers
+        return _permitted(patterns, peer)
+
+    def _mayWrite(self, keyword, peer):
+        patterns = keyword.writers if keyword.writers is not None else self.writers
+        return _permitted(patterns, peer)
+
     def _handleRead(self, request, peer):
         if self._late(request):
             return NO_REPLY
         keyword = self._keyword(request)
         if keyword.writeonly:
             raise WriteOnly(f"{self.name}.{keyword.name} is write-only")
+        if not self._mayRead(keyword, peer):
+            raise _denied(self.name, keyword, "read")
         done = _runHooks(keyword, READ_PATH)
         if isinstance(done, defer.Deferred):
             return done.addCallback(lambda _: self._valueReply(request.id, keyword))
@@ -557,12 +601,16 @@ class DispatcherService(service.Service):
         keyword = self._keyword(request)
         if keyword.readonly:
             raise ReadOnly(f"{self.name}.{keyword.name} is read-only")
+        if not self._mayWrite(keyword, peer):
+            raise _denied(self.name, keyword, "write")
         binary = keyword.toBinary(request.value)
         write = _QueuedWrite(request, peer, binary)
         queue = self._writeQueues.get(keyword.name)
         if queue is None:
+            write.before = keyword.ascii
             done = _runHooks(keyword, WRITE_PATH, binary)
             if not isinstance(done, defer.Deferred):
+                self._audit(write, keyword)
                 return self._valueReply(request.id, keyword)
             # A slow write: later writes to this keyword wait for it, in order.
             self._notifyStarted(write)
@@ -589,17 +637,21 @@ class DispatcherService(service.Service):
         the service's (the run stopped, or the dispatcher was fenced), and a
         write whose deadline passed while it waited is refused, never run.
         """
-        finished = queue.popleft().finished
+        ended = queue.popleft()
         if isinstance(result, Failure):
-            finished.errback(result)
+            ended.finished.errback(result)
         else:
-            finished.callback(None)
+            self._audit(ended, keyword)
+            ended.finished.callback(None)
         while queue and self._writeQueues.get(keyword.name) is queue:
             write = queue[0]
             if self._late(write.request):
                 queue.popleft()
-                write.finished.callback(NO_REPLY)
+                write.finished.errback(CauldronTimeout(
+                    f"{self.name}.{keyword.name}: the write waited past its deadline "
+                    "and was not started"))
                 continue
+            write.before = keyword.ascii
             try:
                 done = _runHooks(keyword, WRITE_PATH, write.binary)
             except Exception as e:
@@ -611,6 +663,7 @@ class DispatcherService(service.Service):
                 done.addBoth(self._writeFinished, keyword, queue)
                 return None
             queue.popleft()
+            self._audit(write, keyword)
             write.finished.callback(None)
         if self._writeQueues.get(keyword.name) is queue:
             del self._writeQueues[keyword.name]
@@ -624,9 +677,30 @@ class DispatcherService(service.Service):
             names = self.keywords()
         else:
             names = list(dict.fromkeys(self[name].name for name in request.keywords))
-        keywords = [describeWithValue(self._keywords[name]) for name in names]
+        keywords = [self._described(self._keywords[name], peer) for name in names]
         return Description(request.id, self.name, self.epoch, keywords, self.heartbeatInterval,
                            self._wallClock())
+
+    def _described(self, keyword, peer):
+        info = describeWithValue(keyword)
+        if not self._mayRead(keyword, peer):
+            info.update(binary=None, ascii="", initial=None)  # its metadata only
+        return info
+
+    def _audit(self, write, keyword):
+        """Record an accepted write: who (key name, address, what the client says), what."""
+        peer, origin = write.peer, _origin(write.request.origin)
+        before, after = write.before, keyword.ascii
+        if keyword.writeonly:
+            before = after = "(write-only: not recorded)"
+        who = getattr(peer, "userId", "") or getattr(peer, "address", "") or "a local client"
+        audit.info(
+            "{service}.{keyword} written by {who} ({claimed}): {before} -> {after}",
+            service=self.name, keyword=keyword.name, who=who,
+            key=getattr(peer, "userId", "") or None, address=getattr(peer, "address", ""),
+            claimed=" ".join(f"{k}={v}" for k, v in origin.items()) or "no origin given",
+            origin=origin, before=_shown(before), after=_shown(after), old=before, new=after,
+        )
 
     def _handleList(self, request, peer):
         if self._late(request):
@@ -725,16 +799,49 @@ def _logHookFailure(failure, keyword, name):
                 kw=keyword.name, hook=name)
 
 
+def _permitted(patterns, peer):
+    """Whether the peer's key name matches a pattern (None: anyone let in may)."""
+    if patterns is None:
+        return True
+    name = getattr(peer, "userId", "")
+    return bool(name) and any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _denied(service, keyword, what):
+    return PermissionDenied(f"{service}.{keyword.name}: your key may not {what} it",
+                            detail={"keyword": keyword.name})
+
+
+#: what a client may say of itself, and how much of it is kept
+_ORIGIN_FIELDS = ("host", "user", "pid")
+_ORIGIN_CHARS = 64
+
+
+def _origin(claimed):
+    """The fields of a client's own account we keep: known ones, short, printable."""
+    kept = {}
+    for field in _ORIGIN_FIELDS:
+        value = claimed.get(field)
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            kept[field] = "".join(c for c in str(value)[:_ORIGIN_CHARS] if c.isprintable())
+    return kept
+
+
+def _shown(text, limit=80):
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
+
+
 class _QueuedWrite:
     """A write waiting for (or running) its turn at a keyword's hooks."""
 
-    __slots__ = ("request", "peer", "binary", "finished")
+    __slots__ = ("request", "peer", "binary", "finished", "before")
 
     def __init__(self, request, peer, binary):
         self.request = request
         self.peer = peer
         self.binary = binary
         self.finished = defer.Deferred()
+        self.before = None  # the ascii value when its hooks started
 
 
 def _encoded(encode, message):

@@ -15,6 +15,7 @@ __all__ = [
     "ReadOnly",
     "WriteOnly",
     "HookError",
+    "PermissionDenied",
     "ServiceError",
     "UnknownService",
     "ServiceUnavailable",
@@ -73,6 +74,14 @@ class WriteOnly(KeywordError):
 
 class HookError(KeywordError):
     """A dispatcher hook (check, write, read...) raised an unexpected error."""
+
+
+class PermissionDenied(KeywordError):
+    """The client's key may not write (or read) that keyword.
+
+    ``detail["keyword"]`` names the keyword.  Only in secure mode, where the
+    dispatcher knows which key a request comes from.
+    """
 
 
 class ServiceError(CauldronError):

@@ -9,6 +9,11 @@ One table per keyword, named by the keyword::
     range = [0.0, 400.0]
     description = "Detector temperature"
     period = 5.0
+    writers = ["ops", "obs-*"]
+
+``writers`` and ``readers`` (names or glob patterns of client keys; secure
+mode only) may also be given at the top of the file, before any table: they
+are then the default of every keyword that names none.
 
 Pure Python (no twisted, no zmq).  Every problem is a
 :class:`cauldron.errors.ConfigError` naming the file, the keyword and the
@@ -43,7 +48,12 @@ FIELDS = (
     "description",
     "format",
     "period",
+    "writers",
+    "readers",
 )
+
+#: fields that may also stand at the top of a file, as every keyword's default
+DEFAULT_FIELDS = ("writers", "readers")
 
 # keywords.Basic reports "NAME: bad FIELD: why" / "NAME: bad initial value: why";
 # recover the field so our message can name it the way the file does.
@@ -79,7 +89,11 @@ def keywordsFromMapping(data, source="<keywords>"):
     ``source`` names the origin in error messages.
     """
     result, seen = [], {}
+    defaults = {field: data[field] for field in DEFAULT_FIELDS
+                if field in data and not isinstance(data[field], dict)}
     for name, table in data.items():
+        if name in defaults:
+            continue
         if not isinstance(table, dict):
             raise ConfigError(
                 "%s: %s = %s: expected a table [%s] defining a keyword"
@@ -92,7 +106,7 @@ def keywordsFromMapping(data, source="<keywords>"):
                 % (source, name, seen[key])
             )
         seen[key] = name
-        result.append(_keyword(source, name, table))
+        result.append(_keyword(source, name, {**defaults, **table}))
     if not result:
         raise ConfigError("%s: no keywords defined" % (source,))
     return result
@@ -121,7 +135,8 @@ def _keyword(source, name, table):
     _checkShapes(table, fail)
 
     kwargs = {}
-    for field in ("initial", "units", "range", "readonly", "writeonly", "description", "format"):
+    for field in ("initial", "units", "range", "readonly", "writeonly", "description", "format",
+                  "writers", "readers"):
         if field in table:
             kwargs[field] = table[field]
     if "range" in kwargs:
@@ -172,6 +187,12 @@ def _checkShapes(table, fail):
                 "expected an array of names or a table of number = name, got %s"
                 % _show(table[field]),
             )
+    for field in ("writers", "readers"):
+        patterns = table.get(field)
+        if field in table and (not isinstance(patterns, list) or not all(
+                isinstance(p, str) and p.strip() for p in patterns)):
+            raise fail(field, "expected an array of key names or patterns, got %s"
+                       % _show(patterns))
     if "period" in table:
         period = table["period"]
         if (

@@ -270,8 +270,12 @@ class Basic:
         preread=None,
         read=None,
         postread=None,
+        writers=None,
+        readers=None,
     ):
         self.name = _checkName(name)
+        self.writers = self._setupPatterns("writers", writers)
+        self.readers = self._setupPatterns("readers", readers)
         self.units = self._metaString("units", units)
         self.description = self._metaString("description", description)
         for field, flag in (("readonly", readonly), ("writeonly", writeonly)):
@@ -324,6 +328,16 @@ class Basic:
 
     def _badMeta(self, field, why):
         return BadValue(f"{self.name}: bad {field}: {why}")
+
+    def _setupPatterns(self, field, patterns):
+        """Key names (or glob patterns) allowed to write or read; None: the service's default."""
+        if patterns is None:
+            return None
+        if isinstance(patterns, str) or not all(
+            isinstance(p, str) and p.strip() for p in patterns
+        ):
+            raise self._badMeta(field, f"{patterns!r} is not a list of key names or patterns")
+        return tuple(p.strip() for p in patterns)
 
     def _metaString(self, field, value):
         if not isinstance(value, str):

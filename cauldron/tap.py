@@ -132,6 +132,13 @@ class DispatcherOptions(usage.Options):
             self.keywordObjects = loadKeywords(self["keywords"])
         except CauldronError as e:
             raise usage.UsageError(str(e)) from None
+        guarded = [kw.name for kw in self.keywordObjects
+                   if kw.writers is not None or kw.readers is not None]
+        if guarded and not self.loadedConfig.get("security", "curve"):
+            raise usage.UsageError(
+                "%s: writers/readers (%s) need secure mode ([security] curve = yes): "
+                "without keys nobody can be told apart"
+                % (self["keywords"], ", ".join(guarded[:3])))
 
 
 class DispatcherRunner(service.MultiService):

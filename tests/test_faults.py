@@ -8,6 +8,7 @@ says so once and gives up.  (Real processes, kill -9 and SIGSTOP:
 ``test_fault_processes.py``; several hosts: ``test_multihost.py``.)
 """
 
+import os
 import time
 
 from helpers import (
@@ -451,3 +452,41 @@ class RateLimitTests(unittest.SynchronousTestCase):
         self.assertEqual(len(events), 2)
         self.assertIn("4 more like this", formatEvent(events[-1]))
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class PlainPermissionTests(unittest.TestCase):
+    """In plain mode nobody can be told apart, so permissions are refused, not ignored."""
+
+    @defer.inlineCallbacks
+    def test_writersWithoutSecureModeRefusedAtStart(self):
+        """A dispatcher whose keywords name writers does not start in plain mode."""
+        guarded = keywords.Integer("POS", initial=0, writers=["ops"])
+        dispatcher = DispatcherService("demo", directConfig(), [guarded], reactor=globalReactor)
+        dispatcher.startService()
+        self.addCleanup(dispatcher.stopService)
+        error = yield self.assertFailure(dispatcher.whenReady(), errors.ConfigError)
+        self.assertIn("demo.POS: writers/readers need secure mode", str(error))
+        self.assertEqual((dispatcher.state, dispatcher.dispatchAddress), ("stopped", None))
+
+
+class AuditTests(unittest.TestCase):
+    """Every accepted write is one structured event: who, from where, what, before and after."""
+
+    @defer.inlineCallbacks
+    def test_writeRecorded(self):
+        dispatcher, client, remote = yield startPair(
+            self, [keywords.Integer("POS", initial=3),
+                   keywords.String("CODE", writeonly=True)])
+        with capturedLogs() as events:
+            yield remote["POS"].write(4)
+            yield remote["CODE"].write("hunter2")
+            yield self.assertFailure(remote["POS"].write("x"), errors.BadValue)
+        audits = [e for e in events if e.get("log_namespace") == "cauldron.audit"]
+        self.assertEqual(len(audits), 2)  # the refused write is not one
+        pos, code = audits
+        self.assertEqual((pos["service"], pos["keyword"], pos["old"], pos["new"]),
+                         ("demo", "POS", "3", "4"))
+        self.assertEqual(pos["address"], HOST)
+        self.assertEqual(pos["origin"]["pid"], str(os.getpid()))
+        self.assertIn("demo.POS written by 127.0.0.1 (host=", formatEvent(pos))
+        self.assertNotIn("hunter2", formatEvent(code) + repr(code))

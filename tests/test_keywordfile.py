@@ -313,5 +313,27 @@ def test_fieldsDocumented():
     """The documented fields are exactly the accepted ones."""
     assert set(FIELDS) == {
         "type", "initial", "units", "range", "enumerators", "bits",
-        "readonly", "writeonly", "description", "format", "period",
+        "readonly", "writeonly", "description", "format", "period", "writers", "readers",
     }
+
+
+def test_writersAndReaders():
+    """writers/readers per keyword, or at the top of the file as every keyword's default."""
+    temp, mode, secret = keywordsFromMapping({
+        "writers": ["ops"],
+        "TEMP": {"type": "double"},
+        "MODE": {"type": "integer", "writers": ["obs-*", "ops"], "readers": []},
+        "SECRET": {"type": "string", "readers": ["admin"]},
+    })
+    assert (temp.writers, temp.readers) == (("ops",), None)
+    assert (mode.writers, mode.readers) == (("obs-*", "ops"), ())
+    assert (secret.writers, secret.readers) == (("ops",), ("admin",))
+
+
+@pytest.mark.parametrize("value", ['"ops"', "[1]", '[""]', "true"])
+def test_badWritersNamed(tmp_path, value):
+    """writers must be an array of key names or patterns; the error names file, keyword, field."""
+    path = tmp_path / "kw.toml"
+    path.write_text('[TEMP]\ntype = "double"\nwriters = %s\n' % value)
+    with pytest.raises(ConfigError, match=r"kw.toml: \[TEMP\] writers: expected an array"):
+        loadKeywords(path)

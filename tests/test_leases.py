@@ -319,7 +319,8 @@ def test_registerCollision(table):
     assert "expiring in 2.0 s" in message
     assert table.locate("b", now=1.0) is None
     # Once a's lease expires, b may register those ports.
-    assert table.register("b", "hostA", "ib", 6601, 6650, now=3.0, secret=SECRET).ports == (6601, 6650)
+    again = table.register("b", "hostA", "ib", 6601, 6650, now=3.0, secret=SECRET)
+    assert again.ports == (6601, 6650)
 
 
 def test_portsBelongToTheirHost(table):
@@ -331,7 +332,8 @@ def test_portsBelongToTheirHost(table):
     # although hostB's new one was granted the same numbers meanwhile.
     fresh = LeaseTable(6600, 6700, TTL, newSecret=knownSecret)
     fresh.lease("new", "hostB", "in", now=5.0, secret=SECRET)
-    assert fresh.register("a", "hostA", "ia", 6600, 6601, now=5.0, secret=SECRET).ports == (6600, 6601)
+    registered = fresh.register("a", "hostA", "ia", 6600, 6601, now=5.0, secret=SECRET)
+    assert registered.ports == (6600, 6601)
 
 
 def test_leaseTtlFollowsTheDispatcher(table):
@@ -574,7 +576,8 @@ class LeaseMachine(RuleBasedStateMachine):
         held = self.live.get(name)
         others = self.taken(host, besides=name)
         try:
-            got = self.table.register(service, host, instance, pair[0], pair[1], self.now, secret=SECRET)
+            got = self.table.register(service, host, instance, pair[0], pair[1], self.now,
+                                      secret=SECRET)
         except LeaseConflict:
             assert (held is not None and held.instance != instance) or others & set(pair)
             self.assertUnchanged(before)

@@ -101,9 +101,15 @@ class DispatcherOptionsTests(SynchronousTestCase):
         """A service name with spaces is refused."""
         self.assertRaises(usage.UsageError, self.parse, "-s", "my demo", "-k", self.keywordFile)
 
+    def test_permissionsNeedSecureMode(self):
+        """writers/readers in plain mode are refused before anything runs, naming them."""
+        guarded = writeFile(self, '[TEMP]\ntype = "double"\nwriters = ["ops"]\n', "g.toml")
+        error = self.assertRaises(usage.UsageError, self.parse, "-s", "demo", "-k", guarded)
+        self.assertIn("writers/readers (TEMP) need secure mode", str(error))
+
     def test_badHeartbeat(self):
-        """The heartbeat must be a positive number of seconds."""
-        for value in ("0", "-1", "fast", "nan", "inf"):
+        """The heartbeat must be a positive number of seconds, at most 60."""
+        for value in ("0", "-1", "fast", "nan", "inf", "60.5"):
             self.assertRaises(
                 usage.UsageError,
                 self.parse, "-s", "demo", "-k", self.keywordFile, "--heartbeat", value,

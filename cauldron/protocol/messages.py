@@ -83,7 +83,12 @@ class Read(_Message, tag="read"):
 
 
 class Write(_Message, tag="write"):
-    """Write ``value`` (binary or ascii form) and answer once completed."""
+    """Write ``value`` (binary or ascii form) and answer once completed.
+
+    ``origin`` is what the client says of itself (``host``, ``user``,
+    ``pid``), for the dispatcher's record of who wrote what; it proves
+    nothing (the key name, in secure mode, does).
+    """
 
     id: int
     keyword: str
@@ -91,6 +96,7 @@ class Write(_Message, tag="write"):
     service: str = ""
     deadline: float = 0.0
     owner: str = ""
+    origin: dict[str, str | int] = {}
 
     def __post_init__(self):
         checkValue(self.value)
