@@ -330,12 +330,12 @@ async def _describe(reactor, args, printer):
 async def _services(reactor, args, printer):
     from cauldron.protocol.messages import ListServices
     from cauldron.routerlink import Locator
-    from cauldron.transport import Transport
+    from cauldron.transport import Curve, Transport
 
     cfg = _config.load(args.config)
     if not cfg.get("zmq-router", "enable"):
         raise CauldronError("no router to ask: [zmq-router] enable = no in %s" % (cfg.source,))
-    transport = Transport(reactor)
+    transport = Transport(reactor, curve=Curve.fromConfig(cfg))
     locator = Locator(cfg, transport, timeout=args.timeout)
     try:
         reply = await locator.request(lambda i: ListServices(i), "list services")

@@ -31,6 +31,7 @@ from cauldron import keywords as _keywords
 from cauldron.errors import (
     BadValue,
     CauldronError,
+    ConfigError,
     NotOwner,
     ProtocolError,
     ServiceUnavailable,
@@ -49,9 +50,9 @@ from cauldron.protocol.messages import (
     checkValue,
 )
 from cauldron.requests import RequestChannel
-from cauldron.routerlink import WILDCARD_HOSTS
+from cauldron.routerlink import WILDCARD_HOSTS, Where
 from cauldron.serving import RateLimitedCounter, RateLimitedLog
-from cauldron.transport import Transport, bindAddress
+from cauldron.transport import Curve, Transport, bindAddress
 
 __all__ = ["ClientService", "RemoteService", "RemoteKeyword", "KeywordValue", "Subscription"]
 
@@ -95,8 +96,10 @@ class ClientService(service.Service):
         self.origin = _origin()
 
     def startService(self):
+        """Open the transport; a ConfigError (and nothing started) on a key problem."""
+        curve = Curve.fromConfig(self.config)  # fails closed, before anything runs
         super().startService()
-        self._transport = Transport(self.reactor)
+        self._transport = Transport(self.reactor, curve=curve)
         if self.config.get("zmq-router", "enable"):
             from cauldron.routerlink import Locator
 
@@ -137,17 +140,30 @@ class ClientService(service.Service):
         return mine
 
     def _locate(self, name):
-        """``(dispatchAddress, broadcastAddress, owner)`` of service ``name``."""
+        """The :class:`~cauldron.routerlink.Where` of service ``name``."""
         if self._locator is not None:
             return self._locator.locate(name)
         protocol, host = self.config.get("zmq", "protocol"), self.config.get("zmq", "host")
         if host in WILDCARD_HOSTS:
             host = "localhost"  # a dispatcher bound on every interface answers here too
-        return defer.succeed((
+        return defer.maybeDeferred(lambda: Where(
             bindAddress(protocol, host, self.config.get("zmq", "dispatch-port")),
             bindAddress(protocol, host, self.config.get("zmq", "broadcast-port")),
             "",
+            self._directKey(name),
         ))
+
+    def _directKey(self, name):
+        """Without a router, a dispatcher's key is ``dispatcher-keys/SERVICE.key`` (secure mode)."""
+        curve = self._transport.curve
+        if curve is None:
+            return None
+        key = curve.dispatcherKey(name)
+        if key is None:
+            raise ConfigError(f"{self.config.source}: [security] dispatcher-keys: no key named "
+                              f"{name!r}, and without a router a client needs the public key "
+                              "of the service's dispatcher")
+        return key
 
     def _connectService(self, where, name):
         remote = RemoteService(self, name, *where)
@@ -205,11 +221,13 @@ class RemoteService:
     """
 
     def __init__(self, client, name, dispatchAddress, broadcastAddress, owner="",
-                 wallClock=time.time):
+                 serverKey=None, wallClock=time.time):
         self.name = name
         self.dispatchAddress = dispatchAddress
         self.broadcastAddress = broadcastAddress
         self.owner = owner
+        #: the dispatcher's CURVE public key (secure mode)
+        self.serverKey = serverKey
         self.connected = False
         self.epoch = None
         self.heartbeatInterval = DEFAULT_HEARTBEAT
@@ -231,7 +249,7 @@ class RemoteService:
         transport = client._transport
         self._transport = transport
         self._channel = self._newChannel()
-        self._subscriber = transport.subscriber(self._received)
+        self._subscriber = transport.subscriber(self._received, serverKey)
         self._subscriber.connect(broadcastAddress)
         self._subscriber.subscribe(codec.HEARTBEAT_TOPIC)
 
@@ -239,6 +257,7 @@ class RemoteService:
         return RequestChannel(
             self._transport, self.dispatchAddress,
             f"service {self.name!r} at {self.dispatchAddress}", self._client.timeout,
+            serverKey=self.serverKey,
         )
 
     # -- setup and teardown
@@ -366,7 +385,8 @@ class RemoteService:
                 where = yield self._client._locator.locate(self.name)
             except CauldronError:
                 return failure
-            if where[2] != refused or where[:2] != (self.dispatchAddress, self.broadcastAddress):
+            if where.owner != refused or where[:2] != (self.dispatchAddress,
+                                                       self.broadcastAddress):
                 self._moveTo(where)
                 break
             left = giveUpAt - self._reactor.seconds()
@@ -535,19 +555,21 @@ class RemoteService:
 
     def _moveTo(self, where):
         """Follow the router: a new owner, and new addresses if they changed."""
-        dispatchAddress, broadcastAddress, owner = where
+        dispatchAddress, broadcastAddress, owner, serverKey = where
         if self._closed:
             return
         self.owner = owner
-        if (dispatchAddress, broadcastAddress) == (self.dispatchAddress, self.broadcastAddress):
+        if (dispatchAddress, broadcastAddress, serverKey) == (
+                self.dispatchAddress, self.broadcastAddress, self.serverKey):
             return
         self._notices("service {name} moved to {addresses}", level=LogLevel.info,
                       name=self.name, addresses=(dispatchAddress, broadcastAddress))
         self.dispatchAddress, self.broadcastAddress = dispatchAddress, broadcastAddress
+        self.serverKey = serverKey
         self._channel.close(ServiceUnavailable(f"service {self.name!r} moved"))
         self._channel = self._newChannel()
         self._transport.close(self._subscriber)
-        self._subscriber = self._transport.subscriber(self._received)
+        self._subscriber = self._transport.subscriber(self._received, serverKey)
         self._subscriber.connect(self.broadcastAddress)
         self._subscriber.subscribe(codec.HEARTBEAT_TOPIC)
         for keyword in self._keywords.values():

@@ -59,7 +59,7 @@ from cauldron.protocol.messages import (
     Write,
 )
 from cauldron.serving import NO_REPLY, RateLimitedCounter, RateLimitedLog, answer
-from cauldron.transport import Transport, bindAddress
+from cauldron.transport import Curve, Transport, bindAddress
 
 __all__ = [
     "DispatcherService",
@@ -284,15 +284,16 @@ class DispatcherService(service.Service):
         self.state = STARTING
         self.fenced = None
         self._ready = None
-        self._transport = Transport(self.reactor)
+        curve, problem = self._keys()
+        self._transport = Transport(self.reactor, curve=curve)
         for keyword in self._keywords.values():
             try:
                 keyword.begin()
             except (CauldronError, ValueError) as e:
                 log.error("{kw}: bad initial value: {e}", kw=keyword.name, e=e)
-        unenforceable = self._unenforceablePermissions()
-        if unenforceable is not None:
-            d = defer.fail(unenforceable)
+        problem = problem or self._unenforceablePermissions()
+        if problem is not None:
+            d = defer.fail(problem)
         elif self.config.get("zmq-router", "enable"):
             from cauldron.routerlink import RouterLink
 
@@ -303,6 +304,16 @@ class DispatcherService(service.Service):
         self._starting = d
         run = self._run
         d.addCallbacks(self._started, self._failedToStart, (run,), None, (run,))
+
+    def _keys(self):
+        """``(curve, None)``; ``(None, ConfigError)`` on a key problem, and then nothing binds.
+
+        Secure mode fails closed: never a fall-back to plain text.
+        """
+        try:
+            return Curve.fromConfig(self.config), None
+        except ConfigError as e:
+            return None, e
 
     def _unenforceablePermissions(self):
         """A ConfigError if writers/readers are set but cannot be checked (no secure mode).
@@ -476,13 +487,14 @@ class DispatcherService(service.Service):
             return
         self._publisher.send(frames)
 
-    def _isTopic(self, topic):
-        """Whether subscribing to ``topic`` can ever bring a subscriber anything."""
+    def _isTopic(self, topic, subscriber):
+        """Whether subscribing to ``topic`` can ever bring ``subscriber`` (a key name) anything."""
         if topic == codec.HEARTBEAT_TOPIC:
             return True
         name = codec.keywordOfTopic(topic)
         keyword = self._keywords.get(name) if name else None
-        return keyword is not None and not keyword.writeonly
+        return keyword is not None and not keyword.writeonly \
+            and self._mayRead(keyword, subscriber)
 
     def _subscribed(self, topic):
         """A subscriber's subscription is live: send it the keyword's current value.
@@ -574,13 +586,14 @@ class DispatcherService(service.Service):
             return True
         return False
 
-    def _mayRead(self, keyword, peer):
+    def _mayRead(self, keyword, key):
+        """Whether the client key named ``key`` may read, describe and monitor ``keyword``."""
         patterns = keyword.readers if keyword.readers is not None else self.readers
-        return _permitted(patterns, peer)
+        return _permitted(patterns, key)
 
-    def _mayWrite(self, keyword, peer):
+    def _mayWrite(self, keyword, key):
         patterns = keyword.writers if keyword.writers is not None else self.writers
-        return _permitted(patterns, peer)
+        return _permitted(patterns, key)
 
     def _handleRead(self, request, peer):
         if self._late(request):
@@ -588,7 +601,7 @@ class DispatcherService(service.Service):
         keyword = self._keyword(request)
         if keyword.writeonly:
             raise WriteOnly(f"{self.name}.{keyword.name} is write-only")
-        if not self._mayRead(keyword, peer):
+        if not self._mayRead(keyword, _keyName(peer)):
             raise _denied(self.name, keyword, "read")
         done = _runHooks(keyword, READ_PATH)
         if isinstance(done, defer.Deferred):
@@ -601,7 +614,7 @@ class DispatcherService(service.Service):
         keyword = self._keyword(request)
         if keyword.readonly:
             raise ReadOnly(f"{self.name}.{keyword.name} is read-only")
-        if not self._mayWrite(keyword, peer):
+        if not self._mayWrite(keyword, _keyName(peer)):
             raise _denied(self.name, keyword, "write")
         binary = keyword.toBinary(request.value)
         write = _QueuedWrite(request, peer, binary)
@@ -683,7 +696,7 @@ class DispatcherService(service.Service):
 
     def _described(self, keyword, peer):
         info = describeWithValue(keyword)
-        if not self._mayRead(keyword, peer):
+        if not self._mayRead(keyword, _keyName(peer)):
             info.update(binary=None, ascii="", initial=None)  # its metadata only
         return info
 
@@ -799,12 +812,16 @@ def _logHookFailure(failure, keyword, name):
                 kw=keyword.name, hook=name)
 
 
-def _permitted(patterns, peer):
-    """Whether the peer's key name matches a pattern (None: anyone let in may)."""
+def _keyName(peer):
+    """The name of the peer's key (secure mode), else ""."""
+    return getattr(peer, "userId", "")
+
+
+def _permitted(patterns, key):
+    """Whether the key name matches a pattern (None: anyone let in may)."""
     if patterns is None:
         return True
-    name = getattr(peer, "userId", "")
-    return bool(name) and any(fnmatch.fnmatchcase(name, p) for p in patterns)
+    return bool(key) and any(fnmatch.fnmatchcase(key, p) for p in patterns)
 
 
 def _denied(service, keyword, what):

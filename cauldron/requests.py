@@ -42,10 +42,12 @@ class RequestChannel:
     :param onTimeout: builds the exception for a request that timed out,
         from the request's description and the timeout; defaults to
         :class:`CauldronTimeout`.
+    :param serverKey: the peer's CURVE public key (secure mode only).
     """
 
-    def __init__(self, transport, address, peer, timeout, onTimeout=None):
+    def __init__(self, transport, address, peer, timeout, onTimeout=None, serverKey=None):
         self.address = address
+        self.serverKey = serverKey
         self.peer = peer
         self.timeout = timeout
         self.malformed = 0
@@ -61,7 +63,7 @@ class RequestChannel:
         self._connect()
 
     def _connect(self):
-        self._dealer = self._transport.dealer(self._received)
+        self._dealer = self._transport.dealer(self._received, self.serverKey)
         self._dealer.connect(self.address)
 
     def _defaultTimeoutError(self, what, timeout, started=False):

@@ -16,7 +16,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger, LogLevel
 
 from cauldron import config as _config
-from cauldron.errors import LeaseError, ProtocolError, UnknownService
+from cauldron.errors import LeaseError, PermissionDenied, ProtocolError, UnknownService
 from cauldron.hostcheck import HostCheck
 from cauldron.protocol import codec
 from cauldron.protocol.leases import LeaseTable
@@ -37,7 +37,7 @@ from cauldron.protocol.messages import (
     ServiceList,
 )
 from cauldron.serving import RateLimitedCounter, RateLimitedLog, answer
-from cauldron.transport import Transport, bindAddress
+from cauldron.transport import Curve, Transport, bindAddress
 
 __all__ = ["RouterService", "DEFAULT_LEASE_TTL"]
 
@@ -92,10 +92,15 @@ class RouterService(service.Service):
         self._transport = None
         self._socket = None
         self._expiry = None
+        self._curve = None
 
     def startService(self):
-        """Bind the router socket; raises AddressInUse if another router has it."""
-        transport = Transport(self.reactor)
+        """Bind the router socket; raises AddressInUse if another router has it.
+
+        In secure mode a key problem raises ConfigError before anything binds.
+        """
+        self._curve = Curve.fromConfig(self.config)
+        transport = Transport(self.reactor, curve=self._curve)
         socket = transport.router(self._received)
         try:
             self.address = socket.bind(bindAddress(
@@ -111,9 +116,10 @@ class RouterService(service.Service):
         self._expiry = task.LoopingCall(self._expire)
         self._expiry.clock = self.reactor
         self._expiry.start(self.leaseTTL / 3, now=False)
-        log.info("router listening at {address}, leasing ports [{first}, {last})",
+        log.info("router listening at {address}, leasing ports [{first}, {last}){secure}",
                  address=self.address, first=self.config.get("zmq-router", "first-port"),
-                 last=self.config.get("zmq-router", "last-port"))
+                 last=self.config.get("zmq-router", "last-port"),
+                 secure=" in secure mode" if self._curve is not None else "")
 
     def stopService(self):
         super().stopService()
@@ -191,22 +197,42 @@ class RouterService(service.Service):
             checked = self._hosts.verify(request.host, peer.address)
         return checked.addCallback(lambda _: then(request))
 
-    def _handleLease(self, request, peer):
-        return self._fromItsHost(request, peer, self._lease)
+    def _keyOf(self, request, peer):
+        """The name of the key that may hold ``request.service``: the peer's (secure mode).
 
-    def _lease(self, request):
+        Only a dispatcher key may hold a lease; a service named after a
+        dispatcher key only that key.  "" in plain mode.
+        """
+        if self._curve is None:
+            return ""
+        key, service = peer.userId, request.service
+        if not self._curve.isDispatcher(key):
+            raise PermissionDenied(f"service {service!r}: key {key!r} is not a dispatcher key "
+                                   "and may not hold a lease")
+        if self._curve.dispatcherKey(service) is not None and key.lower() != service.lower():
+            raise PermissionDenied(f"service {service!r} is bound to the dispatcher key of "
+                                   f"its name: key {key!r} may not hold it")
+        return key
+
+    def _handleLease(self, request, peer):
+        key = self._keyOf(request, peer)
+        return self._fromItsHost(request, peer, lambda request: self._lease(request, key))
+
+    def _lease(self, request, key):
         lease = self.leases.lease(request.service, request.host, request.instance,
                                   self._now(), avoid=request.avoid,
                                   ttl=self._ttl(request.interval),
-                                  protocol=_protocol(request.protocol), secret=request.secret)
+                                  protocol=_protocol(request.protocol), secret=request.secret,
+                                  key=key)
         self._say(1, "leased {d}/{b} to {service} on {host}", d=lease.dispatchPort,
                   b=lease.broadcastPort, service=lease.service, host=lease.host)
         return self._leased(request.id, lease)
 
     def _handleRegister(self, request, peer):
-        return self._fromItsHost(request, peer, self._register)
+        key = self._keyOf(request, peer)
+        return self._fromItsHost(request, peer, lambda request: self._register(request, key))
 
-    def _register(self, request):
+    def _register(self, request, key):
         if not self.leases.isPair(request.dispatchPort, request.broadcastPort):
             raise LeaseError(
                 f"ports {request.dispatchPort}/{request.broadcastPort} are not a pair of "
@@ -217,18 +243,21 @@ class RouterService(service.Service):
                                      request.dispatchPort, request.broadcastPort, self._now(),
                                      ttl=self._ttl(request.interval),
                                      protocol=_protocol(request.protocol),
-                                     takeover=request.takeover, secret=request.secret)
+                                     takeover=request.takeover, secret=request.secret,
+                                     key=key)
         self._say(1, "{service} on {host} registered ports {d}/{b}", service=lease.service,
                   host=lease.host, d=lease.dispatchPort, b=lease.broadcastPort)
         return self._leased(request.id, lease)
 
     def _handleRenew(self, request, peer):
+        self._keyOf(request, peer)
         lease = self.leases.renew(request.service, request.instance, self._now(),
                                   request.secret)
         self._say(2, "renewed {service}", service=lease.service)
         return self._leased(request.id, lease)
 
     def _handleRelease(self, request, peer):
+        self._keyOf(request, peer)
         if self.leases.release(request.service, request.instance, self._now(), request.secret):
             self._say(1, "{service} released its ports", service=request.service)
         return Ok(request.id)
@@ -243,7 +272,15 @@ class RouterService(service.Service):
             bindAddress(lease.protocol, lease.host, lease.dispatchPort),
             bindAddress(lease.protocol, lease.host, lease.broadcastPort),
             lease.instance,
+            self._publicKeyOf(lease),
         )
+
+    def _publicKeyOf(self, lease):
+        """The holder's public key, for clients to authenticate it ("" in plain mode)."""
+        if self._curve is None:
+            return ""
+        key = self._curve.publicKeyOf(lease.key)
+        return key.decode("ascii") if key is not None else ""
 
     def _handleList(self, request, peer):
         now = self._now()

@@ -4,7 +4,7 @@
 (asking again when a port turns out to be taken), renew the lease with every
 heartbeat, register again with the same ports when a restarted router has
 forgotten it, spawn a router when none answers and ``allow-spawn`` says
-so, and fence the dispatcher when the router names another owner.
+so (never in secure mode), and fence the dispatcher when the router names another owner.
 :class:`Locator` is a client's side: where does a service live?
 """
 
@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from typing import NamedTuple
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -21,14 +22,17 @@ from cauldron.errors import (
     CauldronTimeout,
     LeaseConflict,
     LeaseError,
+    ProtocolError,
     RouterUnavailable,
 )
 from cauldron.protocol.messages import Lease, Locate, Register, Release, Renew
 from cauldron.requests import RequestChannel
 from cauldron.router import DEFAULT_LEASE_TTL, RouterService
 from cauldron.transport import AddressInUse, addressFree, bindAddress
+from cauldron.transport.curve import isValidKey
 
-__all__ = ["RouterLink", "Locator", "routerChannel", "spawnRouterProcess", "advertisedHost"]
+__all__ = ["RouterLink", "Locator", "Where", "routerChannel", "spawnRouterProcess",
+           "advertisedHost"]
 
 log = Logger()
 
@@ -46,6 +50,17 @@ CONFLICT_POLL = 0.25
 RELEASE_TIMEOUT = 0.25
 
 
+class Where(NamedTuple):
+    """Where a service lives, as a client needs to know it."""
+
+    dispatchAddress: str
+    broadcastAddress: str
+    #: the run of the dispatcher holding the lease ("" without a router)
+    owner: str = ""
+    #: the dispatcher's CURVE public key (Z85 bytes; None in plain mode)
+    serverKey: bytes | None = None
+
+
 def routerChannel(config, transport, timeout=None):
     """A request channel to the configured router; silence is RouterUnavailable."""
     address = config.routerAddress()
@@ -57,6 +72,7 @@ def routerChannel(config, transport, timeout=None):
     return RequestChannel(
         transport, address, f"router at {address}",
         config.timeoutSeconds() if timeout is None else timeout, onTimeout=unavailable,
+        serverKey=transport.curve.routerKey() if transport.secure else None,
     )
 
 
@@ -196,8 +212,8 @@ class RouterLink:
                 )
                 return leased
             except RouterUnavailable as e:
-                if spawned or not self.config.get("zmq-router", "allow-spawn"):
-                    raise
+                if spawned or not self._maySpawn():
+                    raise self._unavailable(e) from None
                 self._spawnRouter(e)
                 spawned = True
                 continue
@@ -251,6 +267,20 @@ class RouterLink:
         d.addCallback(tookOver)
         d.addErrback(lambda f: f.trap(LeaseConflict) and None)
         return d
+
+    def _maySpawn(self):
+        """Whether to start a router when none answers.
+
+        Never in secure mode: a router started here would hold this
+        dispatcher's key, not the one every other process knows as the router's.
+        """
+        return self.config.get("zmq-router", "allow-spawn") and not self._transport.secure
+
+    def _unavailable(self, error):
+        if self._transport.secure and self.config.get("zmq-router", "allow-spawn"):
+            return RouterUnavailable(f"{error} (secure mode never starts a router: start it "
+                                     "with its own key, as docs/security.rst shows)")
+        return error
 
     def _spawnRouter(self, unavailable):
         """Start a router where the configuration says one should be.
@@ -347,7 +377,7 @@ class RouterLink:
         now = self.reactor.seconds()
         if (
             failure.check(RouterUnavailable)
-            and self.config.get("zmq-router", "allow-spawn")
+            and self._maySpawn()
             and now - self._lastSpawn >= RESPAWN_INTERVAL
         ):
             # The router we used is gone (perhaps with the dispatcher that
@@ -408,14 +438,25 @@ class Locator:
         self._channel = routerChannel(config, transport, timeout)
 
     def locate(self, service):
-        """Fires with ``(dispatchAddress, broadcastAddress, owner)``; UnknownService if none.
+        """Fires with the service's :class:`Where`; UnknownService if none.
 
         ``owner`` identifies the run of the dispatcher that holds the lease;
         clients send it with their requests so no other dispatcher serves them.
+        In secure mode the router, authenticated by its own key, vouches for
+        the dispatcher's key; a Location without one is refused.
         """
         d = self._channel.request(lambda i: Locate(i, service), f"locate {service!r}")
-        d.addCallback(lambda where: (where.dispatchAddress, where.broadcastAddress, where.owner))
+        d.addCallback(self._where, service)
         return d
+
+    def _where(self, location, service):
+        serverKey = None
+        if self._channel.serverKey is not None:
+            serverKey = location.serverKey.encode("ascii", "replace")
+            if not isValidKey(serverKey):
+                raise ProtocolError(f"the router named no valid key for service {service!r}")
+        return Where(location.dispatchAddress, location.broadcastAddress, location.owner,
+                     serverKey)
 
     def request(self, makeMessage, what):
         """Any other router request (e.g. ListServices)."""

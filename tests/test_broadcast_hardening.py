@@ -55,7 +55,8 @@ class PublisherTests(unittest.TestCase):
         self.addCleanup(self.context.destroy, linger=0)
 
     def publisher(self, onSubscribe=None, topics=TOPICS):
-        publisher = self.transport.publisher(onSubscribe, isTopic=topics.__contains__)
+        publisher = self.transport.publisher(
+            onSubscribe, isTopic=lambda topic, subscriber: topic in topics)
         return publisher, publisher.bind(bindAddress("tcp", HOST, 0))
 
     def peer(self, kind, address, *topics):
@@ -298,7 +299,7 @@ class PublisherTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_inprocPeersServed(self):
         """Peers without a file descriptor (inproc) are served, and refused without a cut."""
-        publisher = self.transport.publisher(isTopic=TOPICS.__contains__)
+        publisher = self.transport.publisher(isTopic=lambda topic, subscriber: topic in TOPICS)
         publisher.bind("inproc://cauldron-hardening")
         sub = self.transport._factory.context.socket(zmq.SUB)  # inproc: the same context
         self.addCleanup(sub.close, 0)  # before the transport's context terminates

@@ -52,6 +52,8 @@ class Lease:
     protocol: str = "tcp"
     #: the holder's proof, shown to nobody else
     secret: str = dataclasses.field(default="", repr=False)
+    #: the name of the holder's key in secure mode ("" in plain mode)
+    key: str = ""
 
     @property
     def ports(self) -> tuple[int, int]:
@@ -214,6 +216,7 @@ class LeaseTable:
         ttl: float | None = None,
         protocol: str = "tcp",
         secret: str = "",
+        key: str = "",
     ) -> Lease:
         """Grant the service a port pair, or give its live lease back to its holder.
 
@@ -221,7 +224,8 @@ class LeaseTable:
         again with the accumulated list, so a held pair touching it is moved.
         ``ttl`` overrides the table's lease lifetime for this lease (a
         dispatcher with slow heartbeats needs longer).  The holder of a live
-        lease proves it with the lease's ``secret``.
+        lease proves it with the lease's ``secret``.  ``key`` names the
+        requester's key in secure mode, kept with the lease.
         """
         self.expire(now)
         name = _serviceName(service)
@@ -245,6 +249,7 @@ class LeaseTable:
         return self._store(Lease(
             name, host, instance, pair[0], pair[1], now, now, self._ttl(ttl), protocol,
             held.secret if held is not None else self._newSecret(),
+            held.key if held is not None else key,
         ))
 
     def register(
@@ -259,6 +264,7 @@ class LeaseTable:
         protocol: str = "tcp",
         takeover: bool = False,
         secret: str = "",
+        key: str = "",
     ) -> Lease:
         """Record ports a dispatcher already has bound (after a router restart, or fixed ports).
 
@@ -268,7 +274,8 @@ class LeaseTable:
         ``takeover``, a new instance replaces the holder of the service's
         lease if the holder is on the same host with the same ports and
         protocol: the new instance has just bound those ports, so the holder
-        no longer listens there (it crashed and was restarted at once).
+        no longer listens there (it crashed and was restarted at once), and
+        in secure mode it has the holder's ``key``.
         """
         self.expire(now)
         name = _serviceName(service)
@@ -280,7 +287,7 @@ class LeaseTable:
         held = self._leases.get(name)
         if held is not None and not _isHolder(held, instance, secret):
             replaceable = takeover and held.host == host and held.protocol == protocol \
-                and held.ports == (dispatchPort, broadcastPort)
+                and held.ports == (dispatchPort, broadcastPort) and held.key == key
             if not replaceable:
                 raise self._conflict(held, now)
             self._drop(held)
@@ -305,7 +312,8 @@ class LeaseTable:
             self._checkRoom(host)
         lease = Lease(name, host, instance, dispatchPort, broadcastPort, now, now,
                       self._ttl(ttl), protocol,
-                      held.secret if held is not None else self._newSecret())
+                      held.secret if held is not None else self._newSecret(),
+                      held.key if held is not None else key)
         return self._store(lease)
 
     def renew(self, service: str, instance: str, now: float, secret: str = "") -> Lease:

@@ -342,7 +342,7 @@ class Leased(_Message, tag="leased"):
 
 
 class Location(_Message, tag="location"):
-    """Where a service's dispatcher listens, and which run of it (``owner``) owns it."""
+    """Where a service's dispatcher listens, which run of it (``owner``) owns it, and its key."""
 
     id: int
     service: str
@@ -350,6 +350,8 @@ class Location(_Message, tag="location"):
     dispatchAddress: str
     broadcastAddress: str
     owner: str = ""
+    #: the dispatcher's CURVE public key (Z85) in secure mode, else ""
+    serverKey: str = ""
 
 
 class ServiceEntry(msgspec.Struct, frozen=True, array_like=True):

@@ -233,6 +233,7 @@ class Curve:
         clientKeys, dispatcherKeys = clientKeys or {}, dispatcherKeys or {}
         self._dispatchers = {n.lower(): key for n, (key, _) in dispatcherKeys.items()}
         self.allowed = _allowed(clientKeys, dispatcherKeys)
+        self._byName = {name.lower(): key for key, name in self.allowed.items()}
 
     @classmethod
     def fromConfig(cls, config):
@@ -262,6 +263,10 @@ class Curve:
     def dispatcherKey(self, service):
         """The public key of ``dispatcher-keys/SERVICE.key``, or None."""
         return self._dispatchers.get(service.lower())
+
+    def publicKeyOf(self, name):
+        """The public key (Z85 bytes) of the allowed key called ``name``, or None."""
+        return self._byName.get(name.lower())
 
     def isDispatcher(self, name):
         """Whether ``name`` (a User-Id) is the name of a dispatcher key."""

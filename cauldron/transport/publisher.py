@@ -146,8 +146,9 @@ class _MonitorConnection(_Connection):
 class PublisherConnection(_Connection):
     """A publisher that hears subscriptions (an XPUB socket in manual mode).
 
-    A subscription is applied only if ``isTopic(topic)`` accepts it (any is,
-    when isTopic is None); then ``onSubscribe(topic)`` is called so the
+    A subscription is applied only if ``isTopic(topic, subscriber)`` accepts
+    it (any is, when isTopic is None; ``subscriber`` is the name of the
+    subscriber's key in secure mode, else ""); then ``onSubscribe(topic)`` is called so the
     publisher can send the topic's current value at once: the subscriber then
     knows its subscription is live and has the latest value (ZeroMQ's
     slow-joiner problem).  Sending drops, never blocks, when a subscriber is
@@ -283,7 +284,7 @@ class PublisherConnection(_Connection):
         return peer
 
     def _subscribe(self, frame, topic):
-        if not self._accepts(topic):
+        if not self._accepts(topic, frame):
             self._refuse(self._peerOf(frame), topic)
         elif self._tainted:
             self._resubscribe(self._peerOf(frame), topic)
@@ -296,7 +297,7 @@ class PublisherConnection(_Connection):
     def _unsubscribe(self, frame, topic):
         # Refused topics stay counted against a connection until it ends:
         # subscribing and unsubscribing again and again gets it cut.
-        if not self._accepts(topic):
+        if not self._accepts(topic, frame):
             return
         if not self._tainted:
             self.socket.set(zmq.UNSUBSCRIBE, topic)
@@ -320,11 +321,11 @@ class PublisherConnection(_Connection):
         else:
             self._cut(peer, f"(un)subscribed to {topic[:40]!r} among malformed messages")
 
-    def _accepts(self, topic):
+    def _accepts(self, topic, frame):
         if len(topic) >= MAX_SUBSCRIPTION_BYTES:  # inproc peers are not held to MAXMSGSIZE
             return False
         try:
-            return bool(self._isTopic(topic))
+            return bool(self._isTopic(topic, _userId(frame)))
         except Exception as e:
             self._problems("failed topic checks", f"{topic[:40]!r}: {e!r}")
             return False
@@ -452,5 +453,13 @@ def _ignore(topic):
     return None
 
 
-def _anyTopic(topic):
+def _userId(frame):
+    """The name the authenticator gave the sender's key; "" in plain mode."""
+    try:
+        return frame.get("User-Id") or ""
+    except (zmq.ZMQError, UnicodeDecodeError):
+        return ""
+
+
+def _anyTopic(topic, subscriber):
     return True
