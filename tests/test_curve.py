@@ -452,10 +452,48 @@ def test_secretKeyMissing(keys):
     assert problem(keys) == f"{secretPath(keys)}: no such key file"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_secretKeyUnreadable(keys):
-    os.chmod(secretPath(keys), 0o000)
-    assert problem(keys).startswith(f"{secretPath(keys)}: cannot read this key file")
+def test_secretKeyUnreadable(tmp_path):
+    """A secret key the process may not read (as root: a forked child made 'nobody')."""
+    if os.geteuid() != 0:
+        keys = KeyStore(str(tmp_path))
+        keys.make("server")
+        os.chmod(secretPath(keys), 0o000)
+        assert problem(keys) == f"{secretPath(keys)}: cannot read this key file: Permission denied"
+        return
+    root = tempfile.mkdtemp(prefix="cauldron-unreadable-")  # under /tmp, which nobody may search
+    try:
+        os.chmod(root, 0o755)
+        keys = KeyStore(root)
+        keys.make("server")
+        os.chmod(keys.private, 0o755)
+        os.chmod(secretPath(keys), 0o000)
+        assert asNobody(lambda: readCertificate(secretPath(keys), secret=True)) == \
+            f"{secretPath(keys)}: cannot read this key file: Permission denied"
+    finally:
+        shutil.rmtree(root)
+
+
+def asNobody(attempt):
+    """The ConfigError message of ``attempt()`` run in a forked child with uid/gid 65534."""
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no reactor, no pytest, only the attempt
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                attempt()
+                message = "no error"
+            except ConfigError as e:
+                message = str(e)
+            os.write(writer, message.encode())
+        finally:
+            os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as pipe:
+        message = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return message
 
 
 def test_secretKeyNotAFile(keys):
