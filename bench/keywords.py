@@ -32,6 +32,14 @@ Scenarios:
   Slow joiners are handled in both by warm-up messages sent every 1 ms until
   the subscriber confirms on a side channel.
 
+The same scenarios in secure mode (``[security] curve = yes``, keys made
+for the run, the dispatcher admitting the client's key through its ZAP
+handler) are ``read-curve``, ``read-64-curve`` and ``broadcast-curve``,
+compared with the same plain raw pyzmq.  When a scenario ran both ways, a
+last line gives what secure mode keeps of plain-mode throughput:
+
+    curve-keeps read=<r> read-64=<r> broadcast=<r>
+
 Per-round details go to stderr; stdout has a ``#`` header and the lines above.
 """
 
@@ -51,7 +59,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-SCENARIOS = ("read", "write", "read-64", "broadcast")
+PLAIN_SCENARIOS = ("read", "write", "read-64", "broadcast")
+CURVE_SUFFIX = "-curve"
+SCENARIOS = PLAIN_SCENARIOS + tuple(
+    s + CURVE_SUFFIX for s in ("read", "read-64", "broadcast"))
 RAW_KIND = {"read": "seq", "write": "seq", "read-64": "pipe", "broadcast": "pubsub"}
 DEPTH = 64
 
@@ -207,6 +218,7 @@ def roleDispatcher(opts):
     cfg = config.Config.fromMapping({
         "zmq": {"host": "127.0.0.1", "dispatch-port": 0, "broadcast-port": 0},
         "zmq-router": {"enable": "no"},
+        **securitySection(opts, "bench"),
     })
     dispatcher = DispatcherService("bench", cfg, served, reactor=reactor)
 
@@ -221,6 +233,37 @@ def roleDispatcher(opts):
     dispatcher.whenReady().addCallbacks(ready, failed)
     reactor.addSystemEventTrigger("before", "shutdown", dispatcher.stopService)
     runProfiled(opts, reactor.run)
+
+
+def baseScenario(scenario):
+    """The plain scenario a secure one repeats (``read-curve`` -> ``read``)."""
+    return scenario.removesuffix(CURVE_SUFFIX)
+
+
+def makeKeys(directory):
+    """Key pairs for the dispatcher (``bench``) and the client, as ``cauldron keys`` makes them."""
+    import shutil
+
+    from cauldron.transport.curve import generateCertificate
+
+    private = os.path.join(directory, "private")
+    for name, allowed in (("bench", "dispatchers"), ("client", "clients")):
+        public, _ = generateCertificate(private, name)
+        os.makedirs(os.path.join(directory, allowed), mode=0o755, exist_ok=True)
+        shutil.copy(public, os.path.join(directory, allowed, name + ".key"))
+    return directory
+
+
+def securitySection(opts, name):
+    """``[security]`` for process ``name`` with the run's keys, in a secure scenario."""
+    if not opts.keys:
+        return {}
+    return {"security": {
+        "curve": "yes",
+        "secret-key": os.path.join(opts.keys, "private", name + ".key_secret"),
+        "client-keys": os.path.join(opts.keys, "clients"),
+        "dispatcher-keys": os.path.join(opts.keys, "dispatchers"),
+    }}
 
 
 def sequential(op, count, budget, perf=time.perf_counter):
@@ -298,6 +341,7 @@ def roleClient(opts):
             "broadcast-port": int(ports["broadcast"].rsplit(":", 1)[1]),
         },
         "zmq-router": {"enable": "no"},
+        **securitySection(opts, "client"),
     })
     client = ClientService(cfg, reactor=reactor, timeout=30)
     result = {}
@@ -306,17 +350,18 @@ def roleClient(opts):
     def main():
         client.startService()
         svc = yield client.service("bench")
-        if opts.scenario == "broadcast":
+        scenario = baseScenario(opts.scenario)
+        if scenario == "broadcast":
             result.update((yield broadcastClient(opts, svc, ports["pid"])))
             return
         temp = svc["TEMP"]
         op = temp.read
-        if opts.scenario == "write":
+        if scenario == "write":
             values = iter(range(1, 1 << 40))
 
             def op():
                 return temp.write(next(values) * 0.5)
-        if opts.scenario == "read-64":
+        if scenario == "read-64":
             yield pipelined(op, opts.warm * 4, DEPTH, opts.budget)
             meter = CpuMeter(ports["pid"])
             n, seconds = yield pipelined(op, opts.ops, DEPTH, opts.budget)
@@ -621,17 +666,19 @@ def measure(args, preset, scenario, impl, roundNo):
     hard = preset["budget"] * 3 + 30
     common = ["--budget", str(preset["budget"]), "--warm", str(preset["warm"])]
     tag = f"r{roundNo}-{scenario}"
+    keys = ["--keys", args.keys] if scenario.endswith(CURVE_SUFFIX) else []
     if impl == "cauldron":
         ops = {"read": preset["seq"], "write": preset["seq"], "read-64": preset["pipe"],
-               "broadcast": preset["bcast"]}[scenario]
-        server = Child(["--role", "dispatcher", "--window", str(args.window),
+               "broadcast": preset["bcast"]}[baseScenario(scenario)]
+        server = Child(["--role", "dispatcher", "--scenario", scenario, *keys,
+                        "--window", str(args.window),
                         "--batch", str(args.batch), *profileArgs(args, tag + "-dispatcher")],
                        hard)
-        clientArgs = ["--role", "client", "--scenario", scenario, "--ops", str(ops),
+        clientArgs = ["--role", "client", "--scenario", scenario, *keys, "--ops", str(ops),
                       "--ack-every", str(args.ack_every), *common,
                       *profileArgs(args, tag + "-client")]
     else:
-        kind = RAW_KIND[scenario]
+        kind = RAW_KIND[baseScenario(scenario)]
         ops = {"seq": preset["rawSeq"], "pipe": preset["rawPipe"],
                "pubsub": preset["rawBcast"]}[kind]
         server = Child(["--role", "raw-server",
@@ -699,6 +746,13 @@ def parent(args):
         if lost[scenario]:
             line += f" LOST={lost[scenario]}"
         print(line, flush=True)
+    kept = []
+    for base in PLAIN_SCENARIOS:
+        if base in scenarios and base + CURVE_SUFFIX in scenarios:
+            secure = statistics.median(rates[base + CURVE_SUFFIX]["cauldron"])
+            kept.append(f"{base}={secure / statistics.median(rates[base]['cauldron']):.3f}")
+    if kept:
+        print("curve-keeps " + " ".join(kept), flush=True)
 
 
 def main(argv=None):
@@ -717,7 +771,8 @@ def main(argv=None):
     # child modes
     parser.add_argument("--role", choices=["dispatcher", "client", "raw-server", "raw-client"],
                         help=argparse.SUPPRESS)
-    parser.add_argument("--scenario", help=argparse.SUPPRESS)
+    parser.add_argument("--scenario", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--keys", help=argparse.SUPPRESS)
     parser.add_argument("--kind", help=argparse.SUPPRESS)
     parser.add_argument("--ports", help=argparse.SUPPRESS)
     parser.add_argument("--ops", type=int, help=argparse.SUPPRESS)
@@ -728,10 +783,12 @@ def main(argv=None):
     if args.role is None:
         if args.window <= args.ack_every:
             parser.error("--window must exceed --ack-every")
-        try:
-            parent(args)
-        finally:
-            Child.stopAll()
+        with tempfile.TemporaryDirectory(prefix="cauldron-bench-keys-") as keys:
+            args.keys = makeKeys(keys)
+            try:
+                parent(args)
+            finally:
+                Child.stopAll()
         return
     childSetup(args)
     {"dispatcher": roleDispatcher, "client": roleClient, "raw-server": roleRawServer,
