@@ -455,7 +455,7 @@ class RemoteService:
                 keyword._broadcast(KeywordValue(
                     message.keyword, message.binary, message.ascii,
                     message.sequence, message.timestamp, message.epoch,
-                ))
+                ), message.welcome)
 
     def _noteEpoch(self, epoch):
         if epoch == self.epoch:
@@ -704,21 +704,21 @@ class RemoteKeyword:
         """True if the dispatcher announced a sequence we have not seen."""
         return self.latest is None or sequence > self.latest.sequence
 
-    def _accept(self, value):
+    def _accept(self, value, welcome=False):
         if not self._isNewer(value, self.latest):
             return False
         self.latest = value
         for subscription in list(self._subscriptions):
-            subscription._offer(value)
+            subscription._offer(value, welcome)
         return True
 
-    def _broadcast(self, value):
+    def _broadcast(self, value, welcome=False):
         gap = (
             self.latest is not None
             and value.epoch == self.latest.epoch
             and value.sequence > self.latest.sequence + 1
         )
-        self._accept(value)
+        self._accept(value, welcome)
         if not self._active:
             self._activated()
         if gap:
@@ -887,6 +887,7 @@ class Subscription:
         self.active = True
         #: called with an exception if the subscription ends without stop()
         self.onEnd = None
+        self._prime = prime
         self._priming = prime
         self._buffer = []
         self._last = None
@@ -902,11 +903,15 @@ class Subscription:
         if self.onEnd is not None:
             self.onEnd(error)
 
-    def _offer(self, value):
+    def _offer(self, value, welcome=False):
         if not self.active:
             return
         if self._priming:
             self._buffer.append(value)
+        elif welcome and not self._prime and self._last is None:
+            # The answer to a new subscription is the current value, not a
+            # change: an unprimed monitor starts from it without a callback.
+            self._last = value
         else:
             self._deliver(value)
 

@@ -474,12 +474,12 @@ class DispatcherService(service.Service):
         self._changed[keyword.name] = keyword.sequence
         self._send(keyword)
 
-    def _send(self, keyword):
+    def _send(self, keyword, welcome=False):
         if self._publisher is None or keyword.writeonly:
             return
         update = Update(
             self.name, keyword.name, keyword.value, keyword.ascii,
-            keyword.sequence, keyword.timestamp, self.epoch,
+            keyword.sequence, keyword.timestamp, self.epoch, welcome,
         )
         frames, problem = _encoded(codec.encodeBroadcast, update)
         if frames is None:
@@ -519,7 +519,7 @@ class DispatcherService(service.Service):
 
     def _welcome(self, keyword, now):
         self._lastWelcome[keyword.name] = now
-        self._send(keyword)
+        self._send(keyword, welcome=True)
 
     def _beat(self):
         changed, self._changed = self._changed, {}

@@ -221,6 +221,30 @@ class MonitorTests(unittest.TestCase):
         self.assertEqual(seen, [4])
 
     @defer.inlineCallbacks
+    def test_unprimedMonitorIgnoresTheAnswerToItsSubscription(self):
+        """The dispatcher's answer to a new subscription is no change: prime=False skips it.
+
+        Both with no value at all, and with a value the client has not seen
+        (changed since the service was described): only a real change calls back.
+        """
+        empty = keywords.Integer("EMPTY")
+        self.dispatcher.addKeyword(empty)
+        client = startClient(self, self.dispatcher.dispatchAddress,
+                             self.dispatcher.broadcastAddress)
+        remote = yield client.service("demo")
+        self.count.set(10)  # the client described COUNT as 3: 10 is news to it
+        for name, changeTo in (("EMPTY", 1), ("COUNT", 11)):
+            seen = []
+            subscription = yield remote[name].monitor(lambda v: seen.append(v.binary),
+                                                      prime=False)
+            self.addCleanup(subscription.stop)
+            yield eventually(lambda: remote[name]._active)  # the answer has arrived
+            self.assertEqual(seen, [], name)
+            self.dispatcher[name].set(changeTo)
+            yield eventually(lambda: seen)
+            self.assertEqual(seen, [changeTo], name)
+
+    @defer.inlineCallbacks
     def test_waitForMet(self):
         """waitFor fires True once the predicate holds."""
         d = self.remote["COUNT"].waitFor(lambda v: v.binary == 5, 5)

@@ -9,7 +9,6 @@ inside ktl's own reactor (started through crochet), in direct mode on
 ephemeral ports.
 """
 
-import os
 import queue
 import socket
 import subprocess
@@ -17,12 +16,12 @@ import sys
 import textwrap
 import threading
 import time
-import xml.etree.ElementTree as ElementTree
 
+import ktlchild
 import pytest
 
-CHILD = os.environ.get("CAULDRON_KTL_TESTS") == "child"
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHILD = ktlchild.CHILD
+ROOT = ktlchild.ROOT
 WAIT = 10  # seconds: generous bound on anything that should happen promptly
 # crochet 2.1.1 calls threading.Event.isSet(), deprecated since Python 3.10
 pytestmark = pytest.mark.filterwarnings("ignore:isSet.*:DeprecationWarning")
@@ -937,52 +936,6 @@ def test_blocked_calls_at_interpreter_exit_print_no_traceback(cfg, svc, hooks):
 
 # -- the parent process: run the tests above in a child, one proxy per test ------------------
 
-
-def _runChild(xmlPath):
-    env = dict(os.environ, CAULDRON_KTL_TESTS="child")
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-               "-o", "addopts=", "--junitxml", str(xmlPath), os.path.abspath(__file__)]
-    try:
-        run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
-                             timeout=300)
-        output = run.stdout + run.stderr
-    except subprocess.TimeoutExpired as e:
-        return {}, f"child pytest timed out:\n{e.stdout}{e.stderr}"
-    outcomes = {}
-    if os.path.exists(xmlPath):
-        for case in ElementTree.parse(xmlPath).iter("testcase"):
-            problem = None
-            for tag in ("failure", "error", "skipped"):
-                element = case.find(tag)
-                if element is not None:
-                    problem = (tag, (element.get("message") or "") + "\n" + (element.text or ""))
-            outcomes[case.get("name")] = problem
-    return outcomes, output
-
-
-def _proxy(name):
-    def proxy(ktlChild):
-        outcomes, output = ktlChild
-        if name not in outcomes:
-            pytest.fail(f"{name} did not run in the child pytest:\n{output[-4000:]}")
-        problem = outcomes[name]
-        if problem is None:
-            return
-        kind, text = problem
-        if kind == "skipped":
-            pytest.skip(text)
-        pytest.fail(f"in the child pytest ({kind}):\n{text}", pytrace=False)
-
-    proxy.__name__ = name
-    return proxy
-
-
 if not CHILD:
-
-    @pytest.fixture(scope="module")
-    def ktlChild(tmp_path_factory):
-        return _runChild(tmp_path_factory.mktemp("ktl") / "child.xml")
-
-    for _name, _test in list(globals().items()):
-        if _name.startswith("test_") and callable(_test):
-            globals()[_name] = _proxy(_name)
+    ktlChild = ktlchild.childFixture(__file__)
+    ktlchild.proxyAll(globals())

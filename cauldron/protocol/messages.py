@@ -212,9 +212,10 @@ class Started(_Message, tag="started"):
 class Update(_Message, tag="update"):
     """A keyword's new value, numbered per keyword by ``sequence`` within ``epoch``.
 
-    Also sent, unchanged, when a new subscription to the keyword arrives, so
-    the subscriber learns both the current value and that it is subscribed
-    (a keyword that never had a value has ``binary`` None, ``sequence`` 0).
+    Also sent when a new subscription to the keyword arrives, with
+    ``welcome`` set, so the subscriber learns both the current value and
+    that it is subscribed (a keyword that never had a value has ``binary``
+    None, ``sequence`` 0).  A welcome is the current value, not a change.
     """
 
     service: str
@@ -224,6 +225,7 @@ class Update(_Message, tag="update"):
     sequence: int
     timestamp: float | None
     epoch: str
+    welcome: bool = False
 
     def __post_init__(self):
         checkValue(self.binary)
