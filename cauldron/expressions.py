@@ -18,7 +18,10 @@ Which value of a keyword an operand stands for (KTL keywords have two):
   its **binary** (native) form.
 
 With ``case=False`` string comparisons ignore case, as KTL's ``waitFor``
-does by default.  Unlike KTL, bare words are not strings: quote them.
+does by default.  As in KTL, a bare word is a string: ``$svc.MODE ==
+STANDBY`` means ``$svc.MODE == "STANDBY"``; quote text holding spaces,
+operators or a leading ``$`` (``True``, ``False`` and ``None`` keep their
+Python meaning).
 
 Evaluation is bounded too, since it runs in the reactor thread, on every
 broadcast of an operand (see :data:`MAX_SIZE`, :data:`MAX_STEPS`,
@@ -127,6 +130,18 @@ def parse(text):
     return Expression(text)
 
 
+class _BareWords(ast.NodeTransformer):
+    """Turn a bare word (a name that is no operand) into the string it spells, as KTL reads it."""
+
+    def __init__(self, operands):
+        self._operands = operands
+
+    def visit_Name(self, node):
+        if node.id in self._operands:
+            return node
+        return ast.copy_location(ast.Constant(node.id), node)
+
+
 class Expression:
     """A parsed, validated expression.
 
@@ -155,6 +170,7 @@ class Expression:
         self._source = source.strip()
         try:
             self._check(tree.body)
+            tree = _BareWords(self._names).visit(tree)
         except RecursionError:
             raise ValueError(f"expression too deeply nested: {text[:60]!r}...") from None
         self._tree = tree.body
@@ -239,8 +255,7 @@ class Expression:
             if not isinstance(node.value, _LITERALS):
                 self._reject(node, f"literal of type {type(node.value).__name__}")
         elif isinstance(node, ast.Name):
-            if node.id not in self._names:
-                self._reject(node, f"name {node.id!r} (operands are written $service.KEYWORD)")
+            pass  # an operand, or a bare word: the string it spells (_BareWords)
         elif isinstance(node, (ast.List, ast.Tuple)):
             for element in node.elts:
                 self._check(element, depth)

@@ -88,14 +88,11 @@ def test_missing_operand_value():
         ("{x for x in (1, 2)}", "comprehension"),
         ("(x for x in (1,))", "generator"),
         ("{'a': 1}", "Dict"),
-        ("open", "name 'open'"),
-        ("os", "name 'os'"),
         ("$demo.TEMP if 1 else 2", "IfExp"),
         ("f'{1}' == '1'", "JoinedStr"),
         ("b'x' == b'x'", "bytes"),
         ("... == ...", "ellipsis"),
         ("1 is 1", "operator Is"),
-        ("_ktl_operand_0 == 1", "name"),
     ],
 )
 def test_unsafe_constructs_are_rejected_by_name(text, construct):
@@ -105,8 +102,22 @@ def test_unsafe_constructs_are_rejected_by_name(text, construct):
 
 
 def test_forged_placeholder_cannot_reach_an_operand():
-    with pytest.raises(ValueError, match="name"):
-        parse("$demo.TEMP == 1 and _ktl_operand_0 == 1")
+    """A bare word spelling a placeholder is that text, never the operand's value."""
+    expression = parse("$demo.TEMP == 1 and _ktl_operand_0 == '_ktl_operand_0'")
+    assert expression.operands == [("demo", "TEMP")]
+    assert expression.evaluate({("demo", "TEMP"): Value(1, "1")}) is True
+    assert parse("_ktl_operand_0 == 1").evaluate({}) is False
+
+
+def test_bare_words_are_strings_as_in_ktl():
+    mode = {("demo", "MODE"): Value(2, "STANDBY")}
+    assert parse("$demo.MODE == STANDBY").evaluate(mode, case=True) is True
+    assert parse("$demo.MODE == standby").evaluate(mode, case=False) is True
+    assert parse("$demo.MODE in (OFF, STANDBY)").evaluate(mode, case=True) is True
+    assert parse("$demo.MODE != 'STANDBY'").evaluate(mode) is False
+    assert parse("open").evaluate({}) == "open"  # a word, not the builtin
+    with pytest.raises(ValueError, match="call"):
+        parse("open('/etc/passwd')")
 
 
 def test_syntax_errors_and_bad_operands_are_value_errors():
