@@ -1,4 +1,4 @@
-"""The ``cauldron`` command: show, modify, monitor, describe, services, demo, keys.
+"""The ``cauldron`` command: show, modify, monitor, describe, services, demo, keys, ktl.
 
 ``main`` parses arguments and runs :func:`runCommand` under
 ``twisted.internet.task.react``; :func:`runCommand` (the seam tests call
@@ -119,7 +119,26 @@ def makeParser():
     commands.add_parser("services", parents=[common], help="list what the router knows")
     commands.add_parser("demo", parents=[common], help="run a router and a demo dispatcher")
     _addKeysParser(commands, common)
+    _addKtlParser(commands)
     return parser
+
+
+def _addKtlParser(commands):
+    ktl = commands.add_parser("ktl", help="run scripts written for KTL Python")
+    actions = ktl.add_subparsers(dest="ktlCommand", metavar="ACTION")
+    actions.required = True
+    run = actions.add_parser(
+        "run", help="run SCRIPT unmodified, its 'import ktl' giving cauldron.ktl",
+        description="Run a script written for KTL Python: its 'import ktl' gives "
+                    "cauldron.ktl, with the configuration of -c (else $CAULDRON_CONFIG).",
+    )
+    run.add_argument(
+        "-c", "--config", metavar="CONFIG",
+        help="configuration file (default: $CAULDRON_CONFIG, else built-in)",
+    )
+    run.add_argument("script", metavar="SCRIPT")
+    run.add_argument("arguments", nargs=argparse.REMAINDER, metavar="ARGS",
+                     help="the script's own arguments")
 
 
 def _addKeysParser(commands, common):
@@ -498,6 +517,8 @@ def main(argv=None):
     """Entry point of ``cauldron``; exits with the command's status."""
     _oneLineWarnings("cauldron")
     args = parseArgs(sys.argv[1:] if argv is None else argv)
+    if args.command == "ktl":
+        raise SystemExit(ktlRun(args))
     state = {"finished": False, "interrupted": False}
 
     def reactMain(reactor):
@@ -546,6 +567,34 @@ def _exitWith(status):
     if status:
         raise SystemExit(status)
     return None
+
+
+def ktlRun(args):
+    """``cauldron ktl run``: the script's own exit status; 1 with one line for our errors.
+
+    Not under ``task.react``: :mod:`cauldron.ktl` runs the reactor in a
+    thread of its own.  The script's exceptions are its own (Python prints
+    them), except a cauldron configuration error before it starts and a
+    KTL Python call cauldron does not provide (one line naming it).
+    """
+    import os
+
+    from cauldron import ktl
+
+    if not os.path.isfile(args.script):
+        sys.stderr.write("cauldron ktl: %s: no such script\n" % (args.script,))
+        return EXIT_USAGE
+    try:
+        ktl.configure(args.config)
+    except CauldronError as e:
+        sys.stderr.write("cauldron ktl: %s\n" % (e,))
+        return EXIT_ERROR
+    try:
+        ktl.runScript(args.script, args.arguments)
+    except ktl.Unsupported as e:
+        sys.stderr.write("cauldron ktl: %s: %s\n" % (args.script, e))
+        return EXIT_ERROR
+    return EXIT_OK
 
 
 def routerMain(argv=None):

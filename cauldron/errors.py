@@ -64,12 +64,15 @@ class BadValue(KeywordError, ValueError):
     """A value was rejected: wrong type, unparsable, or out of range."""
 
 
-class ReadOnly(KeywordError):
-    """A write was attempted on a read-only keyword."""
+class ReadOnly(KeywordError, ValueError):
+    """A write was attempted on a read-only keyword.
+
+    Also a :class:`ValueError`, which KTL code catches for a refused write.
+    """
 
 
-class WriteOnly(KeywordError):
-    """A read was attempted on a write-only keyword."""
+class WriteOnly(KeywordError, ValueError):
+    """A read was attempted on a write-only keyword (also a :class:`ValueError`)."""
 
 
 class HookError(KeywordError):

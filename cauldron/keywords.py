@@ -245,6 +245,10 @@ class Basic:
     """
 
     typeName = "basic"
+    #: the KTL type name a client shows for it (``kw["type"]`` in :mod:`cauldron.ktl`)
+    ktlType = "KTL_STRING"
+    #: other KTL type names that mean this type
+    ktlAliases = ()
     #: whether a ``range`` makes sense for this type
     hasRange = False
     #: the clock used for timestamps; replace on an instance in tests
@@ -601,6 +605,7 @@ class Boolean(Basic):
     """True/False; ascii ``"1"``/``"0"`` as KTL does."""
 
     typeName = "boolean"
+    ktlType = "KTL_BOOLEAN"
 
     def _convert(self, value):
         return _parseBoolean(value)
@@ -616,6 +621,8 @@ class Integer(Basic):
     """An integer, within inclusive int32 bounds unless a range says otherwise."""
 
     typeName = "integer"
+    ktlType = "KTL_INT"
+    ktlAliases = ("KTL_INT64",)
     hasRange = True
 
     def _defaultRange(self):
@@ -652,6 +659,8 @@ class Double(Basic):
     """A finite float; NaN and infinities are rejected (JSON cannot carry them)."""
 
     typeName = "double"
+    ktlType = "KTL_DOUBLE"
+    ktlAliases = ("KTL_FLOAT",)
     hasRange = True
 
     def _rangeBound(self, bound):
@@ -680,6 +689,7 @@ class Enumerated(Basic):
     """One of a set of named numbers; binary is the number, ascii the name."""
 
     typeName = "enumerated"
+    ktlType = "KTL_ENUM"
 
     def __init__(self, name, *, enumerators=None, **kwargs):
         self._enumSpec = enumerators
@@ -729,6 +739,8 @@ class Mask(Basic):
     """A bit mask; binary is the int, ascii the set bit names (or the number)."""
 
     typeName = "mask"
+    ktlType = "KTL_MASK"
+    ktlAliases = ("KTL_ENUMM",)
 
     def __init__(self, name, *, bits=None, **kwargs):
         self._bitSpec = bits
@@ -877,6 +889,8 @@ class IntegerArray(_Array):
     """A list of ints; the range (default int32) applies to each element."""
 
     typeName = "integer array"
+    ktlType = "KTL_INT_ARRAY"
+    ktlAliases = ("KTL_INT64_ARRAY",)
     _scalar = Integer
 
 
@@ -884,6 +898,8 @@ class DoubleArray(_Array):
     """A list of finite floats; the range applies to each element."""
 
     typeName = "double array"
+    ktlType = "KTL_DOUBLE_ARRAY"
+    ktlAliases = ("KTL_FLOAT_ARRAY",)
     _scalar = Double
 
 

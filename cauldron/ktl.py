@@ -40,37 +40,92 @@ Exit
     is about to end that thread anyway) rather than print a traceback.
 """
 
+import collections
+import collections.abc
 import itertools
+import operator
+import runpy
+import sys
 import threading
+import types
+import weakref
 
 import crochet
-from twisted.internet import defer
-from twisted.logger import Logger
+from twisted.internet import defer, task
+from twisted.logger import (
+    FilteringLogObserver,
+    Logger,
+    LogLevel,
+    PredicateResult,
+    globalLogPublisher,
+    textFileLogObserver,
+)
 from twisted.python import threadable
 from twisted.python.failure import Failure
 
 from cauldron import config as _config
 from cauldron import expressions
+from cauldron import keywords as _keywords
 from cauldron.client import ClientService
-from cauldron.errors import CauldronTimeout, ServiceUnavailable
+from cauldron.errors import CauldronError, CauldronTimeout, KeywordError, ServiceUnavailable
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "Expression",
     "Keyword",
+    "NoValue",
     "Sequence",
     "Service",
+    "TimeoutException",
+    "Unsupported",
     "cache",
     "callback",
+    "configure",
+    "convert",
+    "heartbeat",
+    "install",
+    "ktlError",
     "monitor",
     "read",
+    "runScript",
     "shutdown",
     "subscribe",
     "wait",
     "waitFor",
+    "waitfor",
     "write",
 ]
 
-log = Logger()
+#: where the docs list every KTL Python name and what cauldron does with it
+COMING_FROM_KTL = '"Coming from KTL" in docs/ktl.rst'
+
+
+# -- KTL's exception names: cauldron's own classes, so both catch the same errors
+
+#: KTL Python's base error: every error cauldron raises on purpose
+ktlError = CauldronError
+#: KTL Python's timeout: a :class:`TimeoutError` and a :data:`ktlError` too
+TimeoutException = CauldronTimeout
+
+
+class NoValue(KeywordError, ValueError):
+    """``kw["ascii"]`` (or ``"binary"``) of a keyword no value has reached yet.
+
+    A :data:`ktlError`, as in KTL Python: read() or monitor() first.
+    """
+
+
+class Unsupported(AttributeError):
+    """A KTL Python name cauldron does not provide; the message says why and where to look."""
+
+
+#: ``ktl.Exceptions``, for ``from ktl.Exceptions import ktlError``
+Exceptions = types.ModuleType("ktl.Exceptions", "KTL Python's exception names.")
+Exceptions.ktlError = ktlError
+Exceptions.TimeoutException = TimeoutException
+Exceptions.NoValue = NoValue
+
+_log = Logger()
 
 #: default deadline (seconds) of every request of the shared clients
 DEFAULT_TIMEOUT = 5.0
@@ -182,7 +237,7 @@ class _Call:
         if failure is None or self._retrieved or self._cancelled or self.stopped():
             return
         try:
-            log.info("{what} failed, and nobody waited for it: {why}",
+            _log.info("{what} failed, and nobody waited for it: {why}",
                      what=self.what, why=failure.getErrorMessage())
         except Exception:  # interpreter shutdown: nothing sensible left to do
             pass
@@ -319,7 +374,7 @@ def _stopClients():
     stops = [defer.maybeDeferred(c.stopService) for c in clients if c.running]
     d = defer.DeferredList(stops, consumeErrors=True)
     d.addTimeout(SHUTDOWN_TIMEOUT, _reactor())
-    d.addErrback(lambda f: log.warn("stopping ktl clients: {why}", why=f.getErrorMessage()))
+    d.addErrback(lambda f: _log.warn("stopping ktl clients: {why}", why=f.getErrorMessage()))
     return d
 
 
@@ -364,6 +419,60 @@ def _isNewer(value, than, epoch):
     return value.sequence > than.sequence
 
 
+# -- the process-wide configuration, and running unmodified KTL scripts ----------
+
+_configured = None  # the Config configure() set; guarded by _lock
+
+
+def configure(config=None):
+    """Set the configuration of every later call that is given none; returns it.
+
+    ``config`` is a path, a :class:`cauldron.config.Config`, or None for
+    ``$CAULDRON_CONFIG`` (else the defaults), read now.  A call given its
+    own ``config=`` uses that one, for that call only.
+    """
+    global _configured
+    cfg = _config.load(config)
+    with _lock:
+        _configured = cfg
+    return cfg
+
+
+def _configFor(config):
+    """The configuration a call uses: its own, else the process-wide one."""
+    if config is not None:
+        return _config.load(config)
+    with _lock:
+        configured = _configured
+    return configured if configured is not None else _config.load(None)
+
+
+def install():
+    """Make ``import ktl`` (and ``ktl.Exceptions``) give this module; returns it.
+
+    For programs and scripts written for KTL Python: call it before they
+    import ``ktl``.
+    """
+    module = sys.modules[__name__]
+    sys.modules["ktl"] = module
+    sys.modules["ktl.Exceptions"] = Exceptions
+    return module
+
+
+def runScript(path, argv=(), config=None):
+    """Run a KTL Python script unmodified: ``import ktl`` gives this module.
+
+    ``config``, if given, becomes the process-wide configuration (see
+    :func:`configure`); the script sees ``sys.argv`` as ``[path, *argv]``
+    and runs as ``__main__``.  Behind ``cauldron ktl run``.
+    """
+    if config is not None:
+        configure(config)
+    install()
+    sys.argv = [path, *argv]
+    runpy.run_path(path, run_name="__main__")
+
+
 # -- services ------------------------------------------------------------------
 
 
@@ -378,7 +487,7 @@ class Service:
     def __new__(cls, name, config=None, populate=False, timeout=None):
         if not isinstance(name, str):
             raise TypeError(f"a service name must be a str, not {type(name).__name__}")
-        cfg = _config.load(config)
+        cfg = _configFor(config)
         key = (name.lower(), cfg)
         limit = timeout if timeout is not None else _connectDeadline(cfg, DEFAULT_TIMEOUT)
         with _lock:
@@ -407,6 +516,8 @@ class Service:
         self._remote = remote
         self._reconnecting = []  # reactor thread: Deferreds waiting for a new connection
         self._keywords = {}
+        self._clones = weakref.WeakValueDictionary()  # id -> Keyword.clone() copy
+        self._heartbeats = {}  # keyword name -> period (s); see heartbeat()
         self._keywordLock = threading.Lock()
 
     # -- the connection, renewed after ktl.shutdown()
@@ -454,7 +565,7 @@ class Service:
     def _clientStopped(self):
         """Reactor thread, from _stopClients: the monitors ended with the client."""
         with self._keywordLock:
-            keywords = list(self._keywords.values())
+            keywords = list(self._keywords.values()) + list(self._clones.values())
         for keyword in keywords:
             keyword._monitorToken = None
             keyword._subscription = None
@@ -465,6 +576,14 @@ class Service:
     def keywords(self):
         """Every keyword name the service serves, sorted."""
         return self._remote.keywords()
+
+    list = keywords
+
+    def monitored(self):
+        """Sorted names of the keywords monitored through this Service."""
+        with self._keywordLock:
+            keywords = list(self._keywords.values())
+        return sorted(kw.name for kw in keywords if kw["monitored"])
 
     def populated(self):
         """Sorted names of the Keyword objects created so far."""
@@ -477,6 +596,9 @@ class Service:
             self[name]
 
     def __getitem__(self, name):
+        """The :class:`Keyword` (of its type's class) called ``name``, or a KeyError."""
+        if isinstance(name, Keyword):
+            name = name.name
         if not isinstance(name, str):
             raise TypeError(f"a keyword name must be a str, not {type(name).__name__}")
         name = name.upper()
@@ -484,21 +606,48 @@ class Service:
             keyword = self._keywords.get(name)
             if keyword is None:
                 # The remote keyword table is fixed once the service is loaded.
-                keyword = Keyword(self, self._remote[name])  # UnknownKeyword is a KeyError
+                remote = self._remote[name]  # UnknownKeyword is a KeyError
+                keyword = Keyword.classFor(remote.type)(self, remote)
                 self._keywords[name] = keyword
         return keyword
 
     def isAlive(self):
-        """True while the dispatcher's heartbeats arrive (KTL's ``isAlive``).
+        """True while the service is heard (KTL's ``isAlive``).
 
-        False once it missed three of them (or :func:`shutdown` closed the
-        connection); True again when it is heard.  Reading a flag set in the
-        reactor thread needs no round trip.
+        False once the dispatcher missed three of its own heartbeats (or
+        :func:`shutdown` closed the connection), or once a keyword named by
+        :meth:`heartbeat` went a whole period without a new value; True
+        again when they are heard.  No round trip: it reads what the
+        reactor thread noted.
         """
-        return not self._stale() and self._remote.connected
+        if self._stale() or not self._remote.connected:
+            return False
+        with self._keywordLock:
+            heartbeats = [(self._keywords[name], period)
+                          for name, period in self._heartbeats.items()]
+        now = _reactor().seconds()
+        return all(kw._heardWithin(period, now) for kw, period in heartbeats)
+
+    def heartbeat(self, keyword, period=5.0):
+        """Name ``keyword`` (a name or a Keyword) a heartbeat: a value at least every ``period`` s.
+
+        The keyword is monitored from now on; while it goes a period without
+        a new value, :meth:`isAlive` is False.  (The dispatcher's own
+        heartbeat is always watched too: cauldron needs no heartbeat
+        keyword to notice a dead dispatcher.)
+        """
+        if isinstance(period, bool) or not isinstance(period, (int, float)) or period <= 0:
+            raise ValueError(f"a heartbeat period must be a positive number of seconds, "
+                             f"not {period!r}")
+        kw = self[keyword]
+        kw.monitor()
+        with self._keywordLock:
+            self._heartbeats[kw.name] = float(period)
 
     def has_keyword(self, name):
-        """Whether the service serves ``name`` (case-insensitive)."""
+        """Whether the service serves ``name`` (a case-insensitive name, or a Keyword)."""
+        if isinstance(name, Keyword):
+            return name.service is self and name.name in self._remote
         return isinstance(name, str) and name in self._remote
 
     has_key = has_keyword
@@ -514,6 +663,14 @@ class Service:
     def write(self, keyword, value, *args, **kwargs):
         """``self[keyword].write(value, ...)``."""
         return self[keyword].write(value, *args, **kwargs)
+
+    def waitFor(self, expression, timeout=None, case=False):
+        """:func:`waitFor` with this Service's configuration."""
+        if not isinstance(expression, str):
+            raise TypeError(f"expression must be a str, not {type(expression).__name__}")
+        return _waitForExpression(expression, timeout, case, self.config)
+
+    waitfor = waitFor
 
     def shutdown(self):
         """Stop monitoring this service's keywords (the shared client stays)."""
@@ -567,16 +724,94 @@ class Sequence:
 
 # -- keywords -------------------------------------------------------------------
 
+#: values a keyword's :attr:`Keyword.history` keeps unless told otherwise
+DEFAULT_HISTORY = 16
+
+
+class HistorySlice(collections.namedtuple("HistorySlice", "time binary ascii")):
+    """One value a keyword received: ``.time``, ``.binary``, ``.ascii``, or ``slice["ascii"]``."""
+
+    __slots__ = ()
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            if key not in self._fields:
+                raise KeyError(key)
+            return getattr(self, key)
+        return super().__getitem__(key)
+
+
+class History(collections.abc.Sequence):
+    """The newest values of a keyword, oldest first (``kw.history[-1]`` is the newest).
+
+    Bounded: :attr:`length` values (settable; :data:`DEFAULT_HISTORY`).
+    Filled from the reactor thread, read from any: indexing and iterating
+    work on a copy.
+    """
+
+    def __init__(self, length=DEFAULT_HISTORY):
+        self._lock = threading.Lock()
+        self._slices = collections.deque(maxlen=self._checkLength(length))
+
+    @staticmethod
+    def _checkLength(length):
+        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+            raise ValueError(f"a history length must be a positive integer, not {length!r}")
+        return length
+
+    @property
+    def length(self):
+        return self._slices.maxlen
+
+    @length.setter
+    def length(self, length):
+        with self._lock:
+            self._slices = collections.deque(self._slices, maxlen=self._checkLength(length))
+
+    def _append(self, value):
+        with self._lock:
+            self._slices.append(HistorySlice(value.timestamp, value.binary, value.ascii))
+
+    def _copy(self):
+        with self._lock:
+            return list(self._slices)
+
+    def __getitem__(self, index):
+        return self._copy()[index]
+
+    def __len__(self):
+        return len(self._slices)
+
+    def __iter__(self):
+        return iter(self._copy())
+
+    def __repr__(self):
+        return f"<ktl.History of {len(self)} (at most {self.length})>"
+
 
 class Keyword:
     """One keyword of a :class:`Service`; get it with ``service["NAME"]``.
 
-    ``kw["ascii"]``, ``kw["binary"]`` and the other dictionary keys answer
-    from the last value received (from the connection's description, a read
-    or a broadcast) and never do I/O: they are safe in callbacks.  A value
-    never received is None.  Call :meth:`read` or :meth:`monitor` for fresh
-    values.
+    ``service["NAME"]`` is an instance of the class for the keyword's KTL
+    type (``Keyword.types[kw["type"]]``), whose conversions are the
+    dispatcher's own (:mod:`cauldron.keywords`).  ``kw["ascii"]``,
+    ``kw["binary"]`` and the other dictionary keys answer from the last
+    value received (from the connection's description, a read or a
+    broadcast) and never do I/O: they are safe in callbacks.  ``ascii`` and
+    ``binary`` of a keyword no value has reached raise :class:`NoValue`, as
+    in KTL.  Call :meth:`read` or :meth:`monitor` for fresh values.
+
+    A Keyword compares and computes as its binary value (``kw > 3``,
+    ``kw - other``), as in KTL; it is always true as a condition.
     """
+
+    #: the cauldron keyword type whose conversion rules this class follows
+    keywordType = _keywords.Basic
+    #: this class's KTL type name, and other names for it
+    KTL_TYPE = _keywords.Basic.ktlType
+    KTL_ALIASES = ()
+    #: KTL type name (aliases too) -> Keyword class
+    types = {}
 
     def __init__(self, service, remote):
         self.service = service
@@ -585,12 +820,34 @@ class Keyword:
         self._remote = remote
         self._callbacks = ()  # replaced whole (copy on write) under _callbackLock
         self._callbackLock = threading.Lock()
+        #: the newest values received, as KTL's ``history``
+        self.history = History()
+        self._error = None  # the last failed operation's error, for kw["error"]
+        self._heardAt = None  # reactor.seconds() of the newest value received
         # reactor thread only:
         self._monitorToken = None
         self._subscription = None
         self._delivered = None
         self._propagating = False
         self._again = False
+        self._poll = None  # the LoopingCall of poll()
+        self._polling = None  # its read in flight
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.KTL_TYPE = cls.keywordType.ktlType
+        cls.KTL_ALIASES = cls.keywordType.ktlAliases
+        for name in (cls.KTL_TYPE, *cls.KTL_ALIASES):
+            Keyword.types.setdefault(name, cls)
+
+    @classmethod
+    def classFor(cls, keywordType):
+        """The Keyword class for a :mod:`cauldron.keywords` type object (by its class)."""
+        for base in type(keywordType).__mro__:
+            for candidate in Keyword.types.values():
+                if candidate.keywordType is base:
+                    return candidate
+        return Keyword.types[_keywords.Basic.ktlType]
 
     def __repr__(self):
         return f"<ktl.Keyword {self.full_name}>"
@@ -617,38 +874,84 @@ class Keyword:
     def __getitem__(self, key):
         latest = self._remote.latest
         info = self._remote.info
-        typeName = self._remote.type.typeName
-        if key == "ascii":
-            return None if latest is None else latest.ascii
-        if key == "binary":
-            return None if latest is None else latest.binary
-        if key == "name":
-            return self.name
+        if key in ("ascii", "binary"):
+            if latest is None:
+                raise NoValue(f"{self.full_name} has no value yet: read() or monitor() first")
+            return latest.ascii if key == "ascii" else latest.binary
         if key == "populated":
             return latest is not None
-        if key in ("monitored", "monitor"):
-            return self._monitorToken is not None
         if key == "timestamp":
             return None if latest is None else latest.timestamp
-        if key == "units":
-            return None if typeName == "enumerated" else info.get("units", "")
-        if key == "type":
-            return "KTL_" + "_".join(typeName.upper().split())
-        if key == "reads":
-            return not info.get("writeonly", False)
-        if key == "writes":
-            return not info.get("readonly", False)
-        if key == "enumerators":
-            if typeName != "enumerated":
-                raise KeyError(f"{self.full_name} is not enumerated: no 'enumerators'")
-            return {str(n): name for n, name in self._remote.type.enumerators.items()}
-        raise KeyError(key)
+        simple = {
+            "name": lambda: self.name,
+            "service": lambda: self.service.name,
+            "type": lambda: self.KTL_TYPE,
+            "monitored": lambda: self._monitorToken is not None,
+            "monitor": lambda: self._monitorToken is not None,
+            "units": lambda: None if self._enumerators() else info.get("units", ""),
+            "help": lambda: info.get("description", ""),
+            "reads": lambda: not info.get("writeonly", False),
+            "writes": lambda: not info.get("readonly", False),
+            "broadcasts": lambda: not info.get("writeonly", False),
+            "history": lambda: self.history,
+            "error": lambda: self._error,
+            "enumerators": self._enumeratorList,
+            "keys": self._enumeratorList,
+            "range": self._range,
+        }
+        if key not in simple:
+            raise KeyError(key)
+        return simple[key]()
+
+    def _enumerators(self):
+        """``{number: name}`` of an enumerated keyword, else None."""
+        return getattr(self._remote.type, "enumerators", None)
+
+    def _enumeratorList(self):
+        """KTL's enumerators: names indexed by binary value, "" where none is defined."""
+        names = self._enumerators()
+        if names is None:
+            raise ValueError(f"{self.full_name} is a {self.KTL_TYPE}: it has no enumerators")
+        top = max(names) + 1 if names and min(names) >= 0 else 0
+        return [names.get(number, "") for number in range(top)]
+
+    def _range(self):
+        """KTL's range: ``{"binary": {"minimum": .., "maximum": ..}}`` (and the same as ascii)."""
+        limits = self._remote.type.range
+        if limits is None:
+            raise ValueError(f"{self.full_name} is a {self.KTL_TYPE}: it has no range")
+        low, high = limits
+        convert = self._remote.type.toAscii
+        return {
+            "binary": {"minimum": low, "maximum": high},
+            "ascii": {"minimum": None if low is None else convert(low),
+                      "maximum": None if high is None else convert(high)},
+        }
+
+    # -- conversion, copies, and KTL's arithmetic on values
+
+    def cast(self, value):
+        """``value`` as this keyword's binary value (the dispatcher's rules); BadValue if not."""
+        return self._remote.type.toBinary(value)
+
+    def clone(self):
+        """A new Keyword for the same keyword: its own callbacks, history and monitor."""
+        twin = type(self)(self.service, self._remote)
+        with self.service._keywordLock:
+            self.service._clones[id(twin)] = twin
+        return twin
+
+    def _value(self):
+        return self["binary"]
 
     # -- read and write
 
     def isAlive(self):
-        """True while this keyword's dispatcher is heard (see :meth:`Service.isAlive`)."""
+        """True while this keyword's service is heard (see :meth:`Service.isAlive`)."""
         return self.service.isAlive()
+
+    def _heardWithin(self, period, now):
+        return self._heardAt is not None and now - self._heardAt < period
 
     def read(self, binary=False, both=False, wait=True, timeout=None):
         """The current value from the dispatcher: ascii, binary or ``(binary, ascii)``.
@@ -663,18 +966,35 @@ class Keyword:
     def _readInReactor(self, binary, both, timeout):
         d = self._connected(self._deadline(timeout))
         d.addCallback(lambda remote: remote.read(binary=binary, both=both, timeout=timeout))
-        return d.addCallback(self._thenPropagate)
+        return self._noting(d.addCallback(self._thenPropagate))
 
     def _thenPropagate(self, result):
         self._propagate()
         return result
 
-    def write(self, value, wait=True, timeout=None):
+    def _noting(self, d):
+        """Keep the outcome's error for ``kw["error"]`` (None after a success)."""
+        def succeeded(result):
+            self._error = None
+            return result
+
+        def failed(failure):
+            self._error = failure.value
+            return failure
+
+        return d.addCallbacks(succeeded, failed)
+
+    def write(self, value, wait=True, binary=False, timeout=None):
         """Write ``value``; returns the new ascii value once the dispatcher completed it.
 
-        ``wait=False`` returns a :class:`Sequence` at once (allowed in callbacks):
-        pass it to :meth:`wait`.  A write is never retried.
+        ``binary=True`` says ``value`` is a binary value: it is checked here
+        first (:meth:`cast`).  Otherwise ascii text or a Python value, as the
+        dispatcher parses it.  ``wait=False`` returns a :class:`Sequence` at
+        once (allowed in callbacks): pass it to :meth:`wait`.  A write is
+        never retried.
         """
+        if binary:
+            value = self.cast(value)
         what = f"write {self.full_name}"
         if not wait:
             return Sequence(_start(what, self._writeInReactor, value, timeout), what)
@@ -682,7 +1002,41 @@ class Keyword:
 
     def _writeInReactor(self, value, timeout):
         d = self._connected(self._deadline(timeout))
-        return d.addCallback(lambda remote: remote.write(value, timeout))
+        return self._noting(d.addCallback(lambda remote: remote.write(value, timeout)))
+
+    def poll(self, period=1.0, start=True):
+        """Read every ``period`` s in the background; ``start=False`` stops.
+
+        Callbacks see each new value.  For keywords that do not broadcast;
+        :meth:`monitor` is cheaper.  A failed read is noted in
+        ``kw["error"]``; polling goes on.
+        """
+        if start and (isinstance(period, bool) or not isinstance(period, (int, float))
+                      or period <= 0):
+            raise ValueError(f"a poll period must be a positive number of seconds, not {period!r}")
+        _block(self.service.timeout, f"poll {self.full_name}", self._pollInReactor,
+               period if start else None)
+
+    def _pollInReactor(self, period):
+        if self._poll is not None and self._poll.running:
+            self._poll.stop()
+        self._poll = None
+        if period is None:
+            return
+        self._poll = task.LoopingCall(self._pollOnce)
+        self._poll.clock = _reactor()
+        self._poll.start(period, now=True)
+
+    def _pollOnce(self):
+        if self._polling is not None:
+            return  # the previous read has not finished: skip, never pile up
+        d = self._polling = self._readInReactor(False, False, None)
+        d.addErrback(lambda failure: None)  # noted in kw["error"]
+
+        def done(_):
+            self._polling = None
+
+        d.addBoth(done)
 
     # -- monitoring and callbacks
 
@@ -759,7 +1113,7 @@ class Keyword:
             self._callbacks = tuple(callbacks)
 
     def _propagate(self):
-        """Call the callbacks if a value newer than the last one they saw arrived."""
+        """Reactor thread: a value newer than the last one seen arrived? history, callbacks."""
         if self._propagating:
             self._again = True  # a callback caused an update: loop, do not recurse
             return
@@ -771,27 +1125,45 @@ class Keyword:
                 if not _isNewer(latest, self._delivered, self._remote.service.epoch):
                     return
                 self._delivered = latest
-                for function in self._callbacks:
-                    try:
-                        function(self)
-                    except Exception:
-                        log.failure("ktl callback {cb!r} of {kw} failed",
-                                    cb=function, kw=self.full_name)
+                self._heardAt = _reactor().seconds()
+                self.history._append(latest)
+                self._callAll()
                 if not self._again:
                     return
         finally:
             self._propagating = False
 
+    def propagate(self):
+        """Call every callback now, with the keyword as it is (KTL's ``propagate``).
+
+        They run in the calling thread.  cauldron calls them itself after a
+        read and on every broadcast of a new value (in the reactor thread).
+        """
+        self._callAll()
+
+    def _callAll(self):
+        for function in self._callbacks:
+            try:
+                function(self)
+            except Exception:
+                _log.failure("ktl callback {cb!r} of {kw} failed", cb=function, kw=self.full_name)
+
     # -- waiting
 
-    def wait(self, timeout=None, operator=None, value=None, sequence=None, case=False):
+    def wait(self, timeout=None, operator=None, value=None, sequence=None, reset=False,
+             case=False, expression=None):
         """Wait for a :class:`Sequence`, a condition, or the next new value.
 
         * ``sequence=``: True once that operation completed, False at ``timeout``;
-        * ``operator`` and ``value`` (e.g. ``">", 30``): like :meth:`waitFor`;
-        * neither: True once the value changes after the call (as KTL's
-          ``wait()``: the next broadcast), False at ``timeout``.
+        * ``expression=`` (``"> 30"``), or ``operator`` and ``value``
+          (``">", 30``): like :meth:`waitFor`;
+        * none of them: True once a value newer than the call arrives (the
+          next broadcast), False at ``timeout``.  Always as KTL's
+          ``reset=True``: a value that arrived before the call never counts.
         """
+        del reset  # always reset: see the docstring, and "Coming from KTL" in the docs
+        if expression is not None:
+            return self.waitFor(expression, timeout=timeout, case=case)
         if sequence is not None:
             if not isinstance(sequence, Sequence):
                 raise TypeError(f"sequence must be a ktl.Sequence, not {sequence!r}")
@@ -856,6 +1228,95 @@ class Keyword:
         if text[:1] in "<>=!" or text.split(None, 1)[:1] in (["in"], ["not"]):
             text = f"${self.service.name}.{self.name} {text}"
         return _waitForExpression(text, timeout, case, self.service.config)
+
+    waitfor = waitFor
+
+    def __getattr__(self, name):
+        if name in _UNSUPPORTED_KEYWORD:
+            raise Unsupported(_unsupportedMessage(f"Keyword.{name}", _UNSUPPORTED_KEYWORD[name]))
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+
+def _valueOperator(operation, reflected=False):
+    """A Keyword method applying ``operation`` to its binary value, as KTL's keywords do."""
+
+    def method(self, *other):
+        other = [o._value() if isinstance(o, Keyword) else o for o in other]
+        if reflected:
+            return operation(other[0], self._value())
+        return operation(self._value(), *other)
+
+    return method
+
+
+for _name, _operation in [
+    ("eq", operator.eq), ("ne", operator.ne), ("lt", operator.lt), ("le", operator.le),
+    ("gt", operator.gt), ("ge", operator.ge), ("add", operator.add), ("sub", operator.sub),
+    ("mul", operator.mul), ("truediv", operator.truediv), ("floordiv", operator.floordiv),
+    ("mod", operator.mod), ("pow", operator.pow), ("and", operator.and_),
+    ("or", operator.or_), ("xor", operator.xor),
+]:
+    setattr(Keyword, f"__{_name}__", _valueOperator(_operation))
+    if _name not in ("eq", "ne", "lt", "le", "gt", "ge"):
+        setattr(Keyword, f"__r{_name}__", _valueOperator(_operation, reflected=True))
+for _name, _operation in [("neg", operator.neg), ("pos", operator.pos), ("abs", abs),
+                          ("float", float), ("int", int), ("invert", operator.invert)]:
+    setattr(Keyword, f"__{_name}__", _valueOperator(_operation))
+Keyword.__hash__ = object.__hash__  # a Keyword is one object, whatever its value
+del _name, _operation
+
+
+class String(Keyword):
+    """A KTL_STRING keyword (cauldron's ``string`` and ``basic``)."""
+
+    keywordType = _keywords.String
+
+
+class Boolean(Keyword):
+    """A KTL_BOOLEAN keyword: binary True/False, ascii ``1``/``0``."""
+
+    keywordType = _keywords.Boolean
+
+
+class Integer(Keyword):
+    """A KTL_INT keyword (also KTL_INT64)."""
+
+    keywordType = _keywords.Integer
+
+
+class Double(Keyword):
+    """A KTL_DOUBLE keyword (also KTL_FLOAT)."""
+
+    keywordType = _keywords.Double
+
+
+class Enumerated(Keyword):
+    """A KTL_ENUM keyword: binary the enumerator's number, ascii its name."""
+
+    keywordType = _keywords.Enumerated
+
+
+class Mask(Keyword):
+    """A KTL_MASK keyword (also KTL_ENUMM): binary an int of bits, ascii their names."""
+
+    keywordType = _keywords.Mask
+
+
+class IntegerArray(Keyword):
+    """A KTL_INT_ARRAY keyword (also KTL_INT64_ARRAY)."""
+
+    keywordType = _keywords.IntegerArray
+
+
+class DoubleArray(Keyword):
+    """A KTL_DOUBLE_ARRAY keyword (also KTL_FLOAT_ARRAY)."""
+
+    keywordType = _keywords.DoubleArray
+
+
+for _typed in (String, Boolean, Integer, Double, Enumerated, Mask, IntegerArray, DoubleArray):
+    setattr(Keyword, _typed.__name__, _typed)  # ktl.Keyword.Double, as KTL emulators have it
+del _typed
 
 
 def _waitForExpression(text, timeout, case, config):
@@ -961,38 +1422,108 @@ def _keyword(service, keyword, config, timeout=None):
     return Service(service, config, timeout=timeout)[keyword]
 
 
-def cache(service, keyword=None, config=None):
-    """The cached Service, or its Keyword when ``keyword`` is given."""
+def cache(service=None, keyword=None, config=None):
+    """The cached Service (``cache("svc")``), or Keyword (``cache("svc", "KW")``, ``"svc.KW"``).
+
+    Always the same object for the same name (and configuration).  With no
+    argument, ``{name: Service}`` of every Service cached so far.
+    """
+    if service is None:
+        with _lock:
+            return {name: svc for (name, _), svc in _services.items()}
+    if not isinstance(service, str):
+        raise TypeError(f"a service name must be a str, not {type(service).__name__}")
+    if keyword is None and "." in service:
+        service, keyword = service.split(".", 1)
     if keyword is None:
-        if not isinstance(service, str):
-            raise TypeError(f"a service name must be a str, not {type(service).__name__}")
         return Service(service, config)
     return _keyword(service, keyword, config)
 
 
-def read(service, keyword, binary=False, both=False, timeout=None, config=None):
+def purge():
+    """Forget every cached Service: the next :func:`cache` or ``Service()`` makes a new one."""
+    with _lock:
+        _services.clear()
+
+
+def close(service, *ignored, **alsoIgnored):
+    """Deprecated in KTL Python, and does nothing here either; True."""
+    return True
+
+
+def listen(*ignored, **alsoIgnored):
+    """Deprecated in KTL Python (background work starts by itself); does nothing."""
+
+
+def convert(service, keyword, binary=None, ascii=None, config=None):
+    """Translate a binary value to its ascii form, or ascii text to the binary value.
+
+    Exactly one of ``binary`` and ``ascii``; by the keyword's own type rules,
+    with no round trip.
+    """
+    if (binary is None) == (ascii is None):
+        raise ValueError("convert() takes exactly one of binary= and ascii=")
+    kw = _keyword(service, keyword, config)
+    keywordType = kw._remote.type
+    return keywordType.toAscii(binary) if ascii is None else keywordType.toBinary(ascii)
+
+
+def read(service, keyword, binary=False, both=False, wait=True, timeout=None, config=None):
     """Read ``service.keyword``; see :meth:`Keyword.read`."""
     return _keyword(service, keyword, config, timeout).read(
-        binary=binary, both=both, timeout=timeout
+        binary=binary, both=both, wait=wait, timeout=timeout
     )
 
 
-def write(service, keyword, value, wait=True, timeout=None, config=None):
+def write(service, keyword, value, wait=True, binary=False, timeout=None, config=None):
     """Write ``service.keyword``; see :meth:`Keyword.write`."""
-    return _keyword(service, keyword, config, timeout).write(value, wait=wait, timeout=timeout)
+    return _keyword(service, keyword, config, timeout).write(
+        value, wait=wait, binary=binary, timeout=timeout)
 
 
 def wait(service, keyword, timeout=None, operator=None, value=None, sequence=None,
-         case=False, config=None):
+         reset=False, case=False, expression=None, config=None):
     """See :meth:`Keyword.wait`."""
     return _keyword(service, keyword, config).wait(
-        timeout=timeout, operator=operator, value=value, sequence=sequence, case=case
+        timeout=timeout, operator=operator, value=value, sequence=sequence, reset=reset,
+        case=case, expression=expression,
     )
 
 
-def monitor(service, keyword, start=True, prime=True, config=None):
-    """See :meth:`Keyword.monitor`."""
-    return _keyword(service, keyword, config).monitor(start=start, prime=prime)
+def monitor(service, keyword, callback=None, data=None, binary=False, start=True, prime=True,
+            wait=True, config=None):
+    """Monitor ``service.keyword``; with ``callback``, call it on every new value.
+
+    As KTL Python's procedural ``monitor``: ``callback(keyword, value, data)``,
+    with the Keyword, its ascii value (binary with ``binary=True``) and the
+    ``data`` given here; in the reactor thread, as every callback.  Without
+    ``callback``, :meth:`Keyword.monitor`.
+    """
+    kw = _keyword(service, keyword, config)
+    if callback is not None:
+        if not callable(callback):
+            raise TypeError(f"{callback!r} is not callable")
+        key = "binary" if binary else "ascii"
+        kw.callback(_ProceduralCallback(callback, data, key))
+    return kw.monitor(start=start, prime=prime, wait=wait)
+
+
+class _ProceduralCallback:
+    """``callback(keyword, value, data)`` as a Keyword callback; equal for equal arguments."""
+
+    def __init__(self, function, data, key):
+        self._args = (function, data, key)
+
+    def __call__(self, keyword):
+        function, data, key = self._args
+        function(keyword, keyword[key], data)
+
+    def __eq__(self, other):
+        return isinstance(other, _ProceduralCallback) and self._args[0] is other._args[0] \
+            and self._args[2] == other._args[2]
+
+    def __hash__(self):
+        return hash((id(self._args[0]), self._args[2]))
 
 
 subscribe = monitor
@@ -1005,6 +1536,13 @@ def callback(service, keyword, function, remove=False, preferred=False, config=N
     )
 
 
+def heartbeat(service, keyword, period=5.0, config=None):
+    """Name a heartbeat keyword of ``service``; see :meth:`Service.heartbeat`."""
+    if not isinstance(service, str):
+        raise TypeError(f"a service name must be a str, not {type(service).__name__}")
+    return Service(service, config).heartbeat(keyword, period)
+
+
 def waitFor(expression, timeout=None, case=False, config=None):
     """True once ``expression`` (e.g. ``'$demo.TEMP > 30'``) holds, False at ``timeout``.
 
@@ -1015,3 +1553,117 @@ def waitFor(expression, timeout=None, case=False, config=None):
     if not isinstance(expression, str):
         raise TypeError(f"expression must be a str, not {type(expression).__name__}")
     return _waitForExpression(expression, timeout, case, config)
+
+
+waitfor = waitFor
+
+
+class Expression:
+    """A KTL expression (``"$demo.TEMP > 30 and $demo.MODE == ON"``), parsed once.
+
+    :meth:`evaluate` reads its keywords now; :meth:`wait` is :func:`waitFor`.
+    """
+
+    def __init__(self, expression, case=False, config=None):
+        if not isinstance(expression, str):
+            raise TypeError(f"expression must be a str, not {type(expression).__name__}")
+        self.expression = expression
+        self._parsed = expressions.parse(expression)  # refuses anything over budget
+        self._case = case
+        self._config = config
+
+    def __repr__(self):
+        return f"<ktl.Expression {self.expression!r}>"
+
+    def evaluate(self):
+        """Whether it holds now (each keyword read once)."""
+        values = {}
+        for service, name in self._parsed.operands:
+            kw = Service(service, self._config)[name]
+            kw.read()
+            values[(kw.service.name, kw.name)] = kw._remote.latest
+        return self._parsed.evaluate(values, case=self._case)
+
+    def wait(self, timeout=None):
+        """True once it holds, False at ``timeout`` (None: for ever)."""
+        return _waitForExpression(self.expression, timeout, self._case, self._config)
+
+
+def version():
+    """cauldron's ktl compatibility level, as KTL Python's ``version()`` gives an int."""
+    return 3
+
+
+# -- KTL Python's logging hook ----------------------------------------------------
+
+#: log levels of :func:`loglevel` and :func:`log`, as KTL Python names them
+LOG_DEBUG, LOG_INFO, LOG_WARNING, LOG_ERROR = (
+    LogLevel.debug, LogLevel.info, LogLevel.warn, LogLevel.error)
+_ktlLog = Logger(namespace="ktl")
+_logLevel = [LOG_INFO]  # what logger() writes, from this level up
+_logObservers = []
+
+
+def logger(file):
+    """Write cauldron's log lines (and :func:`log`'s) to the open text ``file``.
+
+    Only lines at the :func:`loglevel` or above; call again to change the
+    file, or with None to stop.  Through :mod:`twisted.logger`, so they
+    also reach any other observer.
+    """
+    for observer in _logObservers:
+        globalLogPublisher.removeObserver(observer)
+    _logObservers.clear()
+    if file is None:
+        return
+    observer = FilteringLogObserver(
+        textFileLogObserver(file),
+        [lambda event: PredicateResult.yes if event.get("log_level", LogLevel.info) >= _logLevel[0]
+         else PredicateResult.no],
+    )
+    _logObservers.append(observer)
+    globalLogPublisher.addObserver(observer)
+
+
+def loglevel(level=None):
+    """The level :func:`logger` writes from; set it with ``level`` (e.g. ``ktl.LOG_DEBUG``)."""
+    if level is not None:
+        _checkLevel(level)
+        _logLevel[0] = level
+    return _logLevel[0]
+
+
+def log(level, message):
+    """Log ``message`` at ``level`` (``ktl.LOG_INFO`` ...), in the ``ktl`` log namespace."""
+    _checkLevel(level)
+    _ktlLog.emit(level, "{text}", text=str(message))
+
+
+def _checkLevel(level):
+    if level not in tuple(LogLevel.iterconstants()):
+        raise ValueError(f"{level!r} is no log level (use ktl.LOG_DEBUG ... ktl.LOG_ERROR)")
+
+
+# -- KTL Python names cauldron does not provide ------------------------------------
+
+#: module-level KTL Python names with no equivalent here: name -> why
+_UNSUPPORTED = {
+    "ktlc": "it is KTL Python's wrapper of the KTL C library; cauldron speaks ZeroMQ and "
+            "has no C layer",
+    "NoHeartbeatsError": "cauldron always watches the dispatcher's own heartbeat, so "
+                         "isAlive() never lacks one",
+}
+#: the same for Keyword attributes
+_UNSUPPORTED_KEYWORD = {
+    "ktlc": _UNSUPPORTED["ktlc"],
+}
+
+
+def _unsupportedMessage(name, why):
+    return f"ktl.{name} is not supported by cauldron: {why} (see {COMING_FROM_KTL})"
+
+
+def __getattr__(name):
+    if name in _UNSUPPORTED:
+        raise Unsupported(_unsupportedMessage(name, _UNSUPPORTED[name]))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

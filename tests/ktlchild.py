@@ -62,13 +62,15 @@ def childFixture(modulePath):
 def _proxy(name):
     def proxy(ktlChild):
         outcomes, output = ktlChild
-        if name not in outcomes:
+        # A parametrized test ran as name[...] once per parameter.
+        mine = {case: problem for case, problem in outcomes.items()
+                if case == name or case.startswith(name + "[")}
+        if not mine:
             pytest.fail(f"{name} did not run in the child pytest:\n{output[-4000:]}")
-        problem = outcomes[name]
-        if problem is None:
-            return
-        kind, text = problem
-        pytest.fail(f"in the child pytest ({kind}):\n{text}", pytrace=False)
+        problems = [(case, problem) for case, problem in mine.items() if problem is not None]
+        if problems:
+            text = "\n".join(f"{case} ({kind}):\n{detail}" for case, (kind, detail) in problems)
+            pytest.fail(f"in the child pytest: {text}", pytrace=False)
 
     proxy.__name__ = name
     return proxy

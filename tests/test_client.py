@@ -234,14 +234,14 @@ class MonitorTests(unittest.TestCase):
         remote = yield client.service("demo")
         self.count.set(10)  # the client described COUNT as 3: 10 is news to it
         for name, changeTo in (("EMPTY", 1), ("COUNT", 11)):
-            seen = []
-            subscription = yield remote[name].monitor(lambda v: seen.append(v.binary),
-                                                      prime=False)
+            keyword, seen = remote[name], []
+            subscription = yield keyword.monitor(lambda v, seen=seen: seen.append(v.binary),
+                                                 prime=False)
             self.addCleanup(subscription.stop)
-            yield eventually(lambda: remote[name]._active)  # the answer has arrived
+            yield eventually(lambda keyword=keyword: keyword._active)  # the answer arrived
             self.assertEqual(seen, [], name)
             self.dispatcher[name].set(changeTo)
-            yield eventually(lambda: seen)
+            yield eventually(lambda seen=seen: seen)
             self.assertEqual(seen, [changeTo], name)
 
     @defer.inlineCallbacks

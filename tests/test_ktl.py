@@ -308,22 +308,23 @@ def test_dictionary_keys(svc):
     temp.write(7)
     assert temp["ascii"] == "7.0" and temp["binary"] == 7.0
     assert temp["name"] == "TEMP"
+    assert temp["service"] == "demo"
     assert temp["units"] == "K"
     assert temp["type"] == "KTL_DOUBLE"
-    assert mode["type"] == "KTL_ENUMERATED"
+    assert mode["type"] == "KTL_ENUM"
     assert svc["DA"]["type"] == "KTL_DOUBLE_ARRAY"
     assert svc["MSG"]["type"] == "KTL_STRING"
     assert svc["FLAG"]["type"] == "KTL_BOOLEAN"
-    assert svc["COUNT"]["type"] == "KTL_INTEGER"
+    assert svc["COUNT"]["type"] == "KTL_INT"
     timestamp = temp["timestamp"]
     assert isinstance(timestamp, float) and abs(timestamp - time.time()) < 60
     assert temp["populated"] is True
-    assert temp["reads"] and temp["writes"]
+    assert temp["reads"] and temp["writes"] and temp["broadcasts"]
     assert svc["RO"]["reads"] and not svc["RO"]["writes"]
-    assert not svc["WO"]["reads"] and svc["WO"]["writes"]
-    assert mode["enumerators"] == {"0": "OFF", "1": "ON"}
+    assert not svc["WO"]["reads"] and svc["WO"]["writes"] and not svc["WO"]["broadcasts"]
+    assert mode["enumerators"] == mode["keys"] == ["OFF", "ON"]
     assert mode["units"] is None
-    with pytest.raises(KeyError):
+    with pytest.raises(ValueError):
         temp["enumerators"]
     with pytest.raises(KeyError):
         temp["bogus"]
@@ -645,7 +646,7 @@ def test_shutdown_releases_a_blocked_wait_for(svc, cfg):
 
 def test_wait_for_rejects_unsafe_expressions_before_any_io(cfg):
     for text in ["__import__('os').system('true')", "$demo.TEMP.__class__",
-                 "[c for c in 'x']", "$demo.TEMP > open"]:
+                 "[c for c in 'x']", "$demo.TEMP > open()"]:
         with pytest.raises(ValueError):
             ktl.waitFor(text, timeout=1, config=cfg)
     with pytest.raises(ValueError):

@@ -361,9 +361,9 @@ class FloodTests(unittest.TestCase):
         sends = []
         send = dispatcher._send
 
-        def counted(keyword):
+        def counted(keyword, welcome=False):
             sends.append(keyword.name)
-            return send(keyword)
+            return send(keyword, welcome)
 
         dispatcher._send = counted
         for _ in range(100):
