@@ -46,6 +46,7 @@ from cauldron.protocol.messages import (
     ListKeywords,
     Read,
     Update,
+    Updates,
     Write,
     checkValue,
 )
@@ -70,8 +71,14 @@ CLOCK_SAMPLES = 8
 #: seconds between two questions to the router while it still names a refusing owner
 RELOCATE_RETRY = 0.05
 
-KeywordValue = namedtuple("KeywordValue", "name binary ascii sequence timestamp epoch")
-KeywordValue.__doc__ = "One value of a keyword, as the dispatcher published it."
+KeywordValue = namedtuple("KeywordValue", "name binary ascii sequence timestamp epoch missed",
+                          defaults=(0,))
+KeywordValue.__doc__ = """One value of a keyword, as the dispatcher published it.
+
+``missed`` (monitor callbacks only) counts the values of this run of the
+dispatcher that the monitor did not get between the previous one and this
+one: 0 unless the subscriber stalled and the broadcast socket dropped some.
+"""
 
 
 class ClientService(service.Service):
@@ -456,6 +463,14 @@ class RemoteService:
                     message.keyword, message.binary, message.ascii,
                     message.sequence, message.timestamp, message.epoch,
                 ), message.welcome)
+        elif isinstance(message, Updates):
+            keyword = self._keywords.get(message.keyword)
+            if keyword is not None:
+                for entry in message.entries:
+                    keyword._broadcast(KeywordValue(
+                        message.keyword, entry.binary, entry.ascii, entry.sequence,
+                        entry.timestamp, message.epoch,
+                    ))
 
     def _noteEpoch(self, epoch):
         if epoch == self.epoch:
@@ -918,7 +933,10 @@ class Subscription:
     def _deliver(self, value):
         if not self.active or not self.keyword._isNewer(value, self._last):
             return
-        self._last = value
+        last, self._last = self._last, value
+        if last is not None and last.epoch == value.epoch \
+                and value.sequence > last.sequence + 1:
+            value = value._replace(missed=value.sequence - last.sequence - 1)
         try:
             self.callback(value)
         except Exception:

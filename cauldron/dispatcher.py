@@ -55,6 +55,8 @@ from cauldron.protocol.messages import (
     Read,
     Started,
     Update,
+    UpdateEntry,
+    Updates,
     Value,
     Write,
 )
@@ -78,6 +80,8 @@ audit = Logger(namespace="cauldron.audit")
 MAX_QUEUED_WRITES = 100
 #: seconds between two answers to subscriptions of one keyword (floods coalesce)
 WELCOME_INTERVAL = 0.01
+#: the most (estimated) bytes of values one broadcast batch holds
+BATCH_BYTES = 64 * 1024
 
 #: the states of a dispatcher (:attr:`DispatcherService.state`)
 STOPPED = "stopped"
@@ -168,6 +172,8 @@ class DispatcherService(service.Service):
         self._lastWelcome = {}
         self._beats = 0
         self._changed = {}
+        self._outbox = {}  # keyword name -> [UpdateEntry] made this reactor turn
+        self._flushing = None  # the DelayedCall broadcasting them
         self._transport = None
         self._router = None
         self._routerSocket = None
@@ -419,12 +425,19 @@ class DispatcherService(service.Service):
         self.dispatchAddress = self.broadcastAddress = None
         return d
 
-    def _stopServing(self, error):
+    def _stopServing(self, error, flush=True):
         """Stop heartbeats and periodic reads; writes not yet started fail with ``error``.
 
         A write whose hooks are running completes (hardware cannot be
         un-moved), but nothing queued behind it ever reaches the hardware.
+        Changes not yet broadcast go out now (``flush``) or never.
         """
+        if flush:
+            self._flush()
+        self._outbox.clear()
+        if self._flushing is not None:
+            self._flushing.cancel()
+            self._flushing = None
         for loop in self._periods.values():
             if loop.running:
                 loop.stop()
@@ -459,7 +472,7 @@ class DispatcherService(service.Service):
             dispatch=detail.get("dispatchPort", "?"), broadcast=detail.get("broadcastPort", "?"),
         )
         self._stopServing(ServiceUnavailable(
-            f"dispatcher {self.name} lost its service to another dispatcher"))
+            f"dispatcher {self.name} lost its service to another dispatcher"), flush=False)
         for socket in (self._routerSocket, self._publisher):
             if socket is not None:
                 self._transport.close(socket, discard=True)
@@ -471,21 +484,65 @@ class DispatcherService(service.Service):
     # -- broadcasting
 
     def _publish(self, keyword):
-        self._changed[keyword.name] = keyword.sequence
-        self._send(keyword)
+        """Broadcast a change at the end of this reactor turn, with any others made in it.
 
-    def _send(self, keyword, welcome=False):
+        Every change is sent (none is conflated): a burst of changes of one
+        keyword goes out as a few :class:`Updates` batches, so the broadcast
+        socket's high-water mark counts batches, not changes.
+        """
+        self._changed[keyword.name] = keyword.sequence
         if self._publisher is None or keyword.writeonly:
             return
-        update = Update(
+        entry = UpdateEntry(keyword.value, keyword.ascii, keyword.sequence, keyword.timestamp)
+        self._outbox.setdefault(keyword.name, []).append(entry)
+        if self._flushing is None:
+            self._flushing = self.reactor.callLater(0, self._flush)
+
+    def _flush(self):
+        """Broadcast every change still waiting, keyword by keyword, in order."""
+        if self._flushing is not None and self._flushing.active():
+            self._flushing.cancel()
+        self._flushing = None
+        outbox, self._outbox = self._outbox, {}
+        for name, entries in outbox.items():
+            self._sendEntries(name, entries)
+
+    def _flushKeyword(self, name):
+        """Broadcast the changes of one keyword still waiting (before its welcome)."""
+        entries = self._outbox.pop(name, None)
+        if entries:
+            self._sendEntries(name, entries)
+
+    def _sendEntries(self, name, entries):
+        for batch in _batches(entries):
+            if len(batch) == 1:
+                entry = batch[0]
+                self._sendMessage(name, Update(self.name, name, entry.binary, entry.ascii,
+                                               entry.sequence, entry.timestamp, self.epoch))
+            elif not self._sendMessage(name, Updates(self.name, name, self.epoch, batch)):
+                for entry in batch:  # one bad value must not take the others with it
+                    self._sendEntries(name, [entry])
+
+    def _sendMessage(self, name, message):
+        """Send one broadcast; False (and a log line) if it cannot be encoded."""
+        if self._publisher is None:
+            return True
+        frames, problem = _encoded(codec.encodeBroadcast, message)
+        if frames is None:
+            log.error("{kw}: cannot broadcast: {problem}", kw=name, problem=problem)
+            return False
+        self._publisher.send(frames)
+        return True
+
+    def _send(self, keyword, welcome=False):
+        """Broadcast a keyword's current value now (a welcome, after what it waited behind)."""
+        if self._publisher is None or keyword.writeonly:
+            return
+        self._flushKeyword(keyword.name)
+        self._sendMessage(keyword.name, Update(
             self.name, keyword.name, keyword.value, keyword.ascii,
             keyword.sequence, keyword.timestamp, self.epoch, welcome,
-        )
-        frames, problem = _encoded(codec.encodeBroadcast, update)
-        if frames is None:
-            log.error("{kw}: cannot broadcast: {problem}", kw=keyword.name, problem=problem)
-            return
-        self._publisher.send(frames)
+        ))
 
     def _isTopic(self, topic, subscriber):
         """Whether subscribing to ``topic`` can ever bring ``subscriber`` (a key name) anything."""
@@ -522,6 +579,7 @@ class DispatcherService(service.Service):
         self._send(keyword, welcome=True)
 
     def _beat(self):
+        self._flush()  # a heartbeat never announces a change not yet broadcast
         changed, self._changed = self._changed, {}
         self._beats += 1
         if self._publisher is not None:
@@ -757,6 +815,20 @@ WRITE_PATH = (
     ("write", True, False),
     ("postwrite", True, False),
 )
+
+
+def _batches(entries):
+    """``entries`` cut into runs of at most about BATCH_BYTES each."""
+    batch, size = [], 0
+    for entry in entries:
+        cost = 2 * len(entry.ascii) + 48  # the binary form is about as long as the ascii
+        if batch and size + cost > BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+        batch.append(entry)
+        size += cost
+    if batch:
+        yield batch
 
 
 def _runHooks(keyword, path, value=None, start=0):

@@ -284,7 +284,7 @@ class MonitorTests(unittest.TestCase):
         gappy = keywords.Integer("GAPPY", initial=3, read=lambda: reads.append(1))
         dispatcher, _, remote = yield startPair(self, [gappy], name="gaps")
         seen = []
-        subscription = yield remote["GAPPY"].monitor(lambda v: seen.append(v.binary))
+        subscription = yield remote["GAPPY"].monitor(lambda v: seen.append((v.binary, v.missed)))
         self.addCleanup(subscription.stop)
         readsBefore = len(reads)
         # Two changes the subscriber never hears about (as if dropped)...
@@ -292,11 +292,33 @@ class MonitorTests(unittest.TestCase):
         gappy.set(4)
         gappy.set(5)
         gappy.addListener(dispatcher._publish)
-        # ...then one it does hear, two sequences ahead.
+        # ...then one it does hear, two sequences ahead: the monitor is told it missed two.
         gappy.set(6)
         yield eventually(lambda: len(reads) > readsBefore)
-        yield eventually(lambda: seen[-1] == 6)
-        self.assertEqual(seen, [3, 6])
+        yield eventually(lambda: seen[-1][0] == 6)
+        self.assertEqual(seen, [(3, 0), (6, 2)])
+
+    @defer.inlineCallbacks
+    def test_burstReachesEveryMonitorWhole(self):
+        """20,000 changes, 5,000 per reactor turn: three monitors get every one.
+
+        One message per change would meet the high-water mark (1,000) within a turn.
+        """
+        clients = [startClient(self, self.dispatcher.dispatchAddress,
+                               self.dispatcher.broadcastAddress) for _ in range(3)]
+        seen = [[] for _ in clients]
+        for client, values in zip(clients, seen, strict=True):
+            remote = yield client.service("demo")
+            subscription = yield remote["COUNT"].monitor(
+                lambda v, values=values: values.append((v.binary, v.missed)))
+            self.addCleanup(subscription.stop)
+        for start in range(10, 20010, 5000):
+            for n in range(start, start + 5000):
+                self.count.set(n)
+            yield turn()
+        yield eventually(lambda: all(values[-1][0] == 20009 for values in seen), timeout=20)
+        for values in seen:
+            self.assertEqual(values, [(3, 0)] + [(n, 0) for n in range(10, 20010)])
 
     @defer.inlineCallbacks
     def test_gapInjectedDirectly(self):

@@ -7,6 +7,7 @@ from twisted.internet import defer
 from twisted.internet import reactor as globalReactor
 from twisted.trial import unittest
 
+from cauldron import dispatcher as dispatcher_module
 from cauldron import errors, keywords
 from cauldron.dispatcher import DispatcherService
 from cauldron.errors import ProtocolError
@@ -22,6 +23,7 @@ from cauldron.protocol.messages import (
     Pong,
     Read,
     Update,
+    Updates,
     Value,
     Write,
 )
@@ -49,8 +51,18 @@ class Listener:
         self.messages.append(codec.decodeBroadcast(frames))
 
     def updates(self, keyword=None):
-        return [m for m in self.messages if isinstance(m, Update)
-                and (keyword is None or m.keyword == keyword)]
+        """Every value broadcast, in order (a batch's values as Updates of their own)."""
+        values = []
+        for m in self.messages:
+            if isinstance(m, Updates):
+                values.extend(Update(m.service, m.keyword, e.binary, e.ascii, e.sequence,
+                                     e.timestamp, m.epoch) for e in m.entries)
+            elif isinstance(m, Update):
+                values.append(m)
+        return [u for u in values if keyword is None or u.keyword == keyword]
+
+    def batches(self):
+        return [m for m in self.messages if isinstance(m, Updates)]
 
     def heartbeats(self):
         return [m for m in self.messages if isinstance(m, Heartbeat)]
@@ -521,6 +533,39 @@ class BroadcastTests(unittest.TestCase):
         update = listener.updates()[0]
         self.assertEqual((update.service, update.ascii, update.epoch), ("demo", "2",
                                                                          dispatcher.epoch))
+
+    @defer.inlineCallbacks
+    def test_burstTravelsInBatchesAndWhole(self):
+        """5,000 changes made in one reactor turn arrive, all, in a few messages in order.
+
+        One message each would overflow the broadcast socket's high-water
+        mark (1,000 messages) and lose most of them.
+        """
+        count = keywords.Integer("COUNT", initial=0)
+        dispatcher = yield startDispatcher(self, [count], heartbeatInterval=0.05)
+        listener = Listener(self, dispatcher, [codec.topicFor("COUNT")])
+        yield listener.ready()
+        for n in range(1, 5001):
+            count.set(n)
+        yield eventually(lambda: listener.updates("COUNT")[-1:]
+                         and listener.updates("COUNT")[-1].binary == 5000)
+        self.assertEqual([u.binary for u in listener.updates("COUNT")], list(range(1, 5001)))
+        self.assertLessEqual(len(listener.batches()), 10)
+        self.assertTrue(all(sum(2 * len(e.ascii) + 48 for e in b.entries)
+                            <= dispatcher_module.BATCH_BYTES for b in listener.batches()))
+
+    @defer.inlineCallbacks
+    def test_welcomeNeverOvertakesWaitingChanges(self):
+        """A new subscription's answer goes out after the changes made before it."""
+        count = keywords.Integer("COUNT", initial=0)
+        dispatcher = yield startDispatcher(self, [count], heartbeatInterval=0.05)
+        listener = Listener(self, dispatcher, [codec.topicFor("COUNT")])
+        yield listener.ready()
+        count.set(1)
+        count.set(2)
+        dispatcher._subscribed(codec.topicFor("COUNT"))  # as if someone subscribed now
+        yield eventually(lambda: len(listener.updates("COUNT")) >= 3)
+        self.assertEqual([u.binary for u in listener.updates("COUNT")], [1, 2, 2])
 
     @defer.inlineCallbacks
     def test_heartbeatsCarryChangedSequences(self):

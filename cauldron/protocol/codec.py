@@ -12,7 +12,7 @@ Topics end with a NUL byte, so a subscription to ``KW1`` never receives
 import msgspec
 
 from cauldron.errors import ProtocolError
-from cauldron.protocol.messages import Heartbeat, Message, Update
+from cauldron.protocol.messages import Heartbeat, Message, Update, Updates
 
 __all__ = [
     "VERSION",
@@ -65,8 +65,8 @@ def decode(frames):
 
 
 def encodeBroadcast(message):
-    """Frames for an :class:`Update` or :class:`Heartbeat` on the broadcast socket."""
-    if isinstance(message, Update):
+    """Frames for an :class:`Update`, :class:`Updates` or :class:`Heartbeat` (broadcast socket)."""
+    if isinstance(message, (Update, Updates)):
         topic = topicFor(message.keyword)
     elif isinstance(message, Heartbeat):
         topic = HEARTBEAT_TOPIC
@@ -76,12 +76,12 @@ def encodeBroadcast(message):
 
 
 def decodeBroadcast(frames):
-    """The Update or Heartbeat in ``[topic, VERSION, payload]``, checked against its topic."""
+    """The Update(s) or Heartbeat in ``[topic, VERSION, payload]``, checked against its topic."""
     if len(frames) != 3:
         raise ProtocolError(f"expected 3 frames, got {len(frames)}")
     topic, version, payload = frames
     message = _decodePayload(version, payload)
-    if isinstance(message, Update):
+    if isinstance(message, (Update, Updates)):
         if topic != topicFor(message.keyword):
             raise ProtocolError("update topic does not match its keyword")
     elif isinstance(message, Heartbeat):

@@ -6,8 +6,9 @@ Three conversations use them:
   :class:`Describe`, :class:`ListKeywords`, :class:`Ping`; answered by
   :class:`Value`, :class:`Description`, :class:`KeywordList`, :class:`Pong`
   or :class:`Error` (a slow write is first acknowledged by :class:`Started`).
-* dispatcher -> subscribers (broadcast socket): :class:`Update` for each
-  value change and :class:`Heartbeat` every interval.
+* dispatcher -> subscribers (broadcast socket): :class:`Update` for a
+  value change, :class:`Updates` for several changes of one keyword made in
+  one reactor turn, and :class:`Heartbeat` every interval.
 * dispatcher or client -> router: :class:`Lease`, :class:`Register`,
   :class:`Renew`, :class:`Release`, :class:`Locate`, :class:`ListServices`,
   :class:`Ping`; answered by :class:`Leased`, :class:`Location`,
@@ -36,7 +37,7 @@ import msgspec
 __all__ = [
     "Read", "Write", "Describe", "ListKeywords", "Ping",
     "Value", "Description", "KeywordList", "Pong", "Error", "Ok", "Started",
-    "Update", "Heartbeat",
+    "Update", "UpdateEntry", "Updates", "Heartbeat",
     "Lease", "Register", "Renew", "Release", "Locate", "ListServices",
     "Leased", "Location", "ServiceEntry", "ServiceList",
     "Message", "REQUESTS", "checkValue",
@@ -231,6 +232,32 @@ class Update(_Message, tag="update"):
         checkValue(self.binary)
 
 
+class UpdateEntry(msgspec.Struct, frozen=True, array_like=True):
+    """One value of an :class:`Updates` batch."""
+
+    binary: Any
+    ascii: str
+    sequence: int
+    timestamp: float | None
+
+    def __post_init__(self):
+        checkValue(self.binary)
+
+
+class Updates(_Message, tag="updates"):
+    """Successive values of one keyword, oldest first, in one broadcast message.
+
+    A burst of changes made in one reactor turn travels as a few of these
+    rather than one message each, so the broadcast socket's high-water mark
+    counts batches, and a burst is delivered whole.
+    """
+
+    service: str
+    keyword: str
+    epoch: str
+    entries: list[UpdateEntry]
+
+
 class Heartbeat(_Message, tag="heartbeat"):
     """The dispatcher is alive.
 
@@ -387,6 +414,7 @@ Message = (
     | Ok
     | Started
     | Update
+    | Updates
     | Heartbeat
     | Lease
     | Register
