@@ -20,6 +20,11 @@ Scenarios:
   write completes and is broadcast) vs the same raw echo;
 * ``read-64``: reads with 64 in flight vs raw DEALER -> ROUTER with 64 in
   flight;
+* ``fanout-20``: 20 monitors of COUNT (20 clients in one process) while
+  the dispatcher sets it 1..20,000 as fast as it can (``--batch`` per reactor
+  turn, no pacing); value = updates per second per monitor (median), plus
+  ``delivery=``, the smallest share of the 20,000 a monitor got (must be
+  1.000).  Raw: one PUB, 20 SUB sockets (unlimited high-water marks).
 * ``broadcast``: the dispatcher calls ``COUNT.set(i)`` for i in range(N) as
   fast as it can, in batches yielding to the reactor, while the client
   monitors COUNT; no update may be lost.  The PUB high-water mark is 1000,
@@ -59,19 +64,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-PLAIN_SCENARIOS = ("read", "write", "read-64", "broadcast")
+PLAIN_SCENARIOS = ("read", "write", "read-64", "broadcast", "fanout-20")
 CURVE_SUFFIX = "-curve"
 SCENARIOS = PLAIN_SCENARIOS + tuple(
     s + CURVE_SUFFIX for s in ("read", "read-64", "broadcast"))
-RAW_KIND = {"read": "seq", "write": "seq", "read-64": "pipe", "broadcast": "pubsub"}
+RAW_KIND = {"read": "seq", "write": "seq", "read-64": "pipe", "broadcast": "pubsub",
+            "fanout-20": "fanout"}
+#: monitors (subscribers) of the fanout scenario
+FANOUT = 20
 DEPTH = 64
 
 #: operation counts; every loop also stops at ``budget`` seconds
 PRESETS = {
     "quick": dict(rounds=1, seq=4000, rawSeq=10000, pipe=15000, rawPipe=100000,
-                  bcast=50000, rawBcast=500000, warm=300, budget=3.0),
+                  bcast=50000, rawBcast=500000, fanout=20000, warm=300, budget=3.0),
     "full": dict(rounds=3, seq=10000, rawSeq=20000, pipe=50000, rawPipe=100000,
-                 bcast=100000, rawBcast=1000000, warm=1000, budget=10.0),
+                 bcast=100000, rawBcast=1000000, fanout=20000, warm=1000, budget=10.0),
 }
 
 # Raw messages are single frames (the cheapest raw pyzmq can do, as in the
@@ -208,11 +216,26 @@ def roleDispatcher(opts):
 
     ack = keywords.Integer("ACK", initial=0)
     ack.addListener(acknowledged)
+
+    def startFanout(value):
+        """Set COUNT to 1..value as fast as the reactor allows, ``--batch`` per turn."""
+        state.update(total=int(value), next=1)
+        reactor.callLater(0, fanout)
+
+    def fanout():
+        last = min(state["total"], state["next"] + opts.batch - 1)
+        for i in range(state["next"], last + 1):
+            count.set(i)
+        state["next"] = last + 1
+        if last < state["total"]:
+            reactor.callLater(0, fanout)
+
     served = [
         keywords.Double("TEMP", initial=0.0, units="K"),
         count,
         keywords.Integer("WARMUP", initial=0, write=startWarmup),
         keywords.Integer("BURST", initial=0, write=startBurst),
+        keywords.Integer("FANOUT", initial=0, write=startFanout),
         ack,
     ]
     cfg = config.Config.fromMapping({
@@ -351,6 +374,9 @@ def roleClient(opts):
         client.startService()
         svc = yield client.service("bench")
         scenario = baseScenario(opts.scenario)
+        if scenario == "fanout-20":
+            result.update((yield fanoutClient(opts, cfg, svc, ports["pid"])))
+            return
         if scenario == "broadcast":
             result.update((yield broadcastClient(opts, svc, ports["pid"])))
             return
@@ -451,6 +477,65 @@ def broadcastClient(opts, svc, serverPid):
     return run()
 
 
+def fanoutClient(opts, cfg, svc, serverPid):
+    """FANOUT monitors of COUNT (one client each) while the dispatcher sets it 1..N in a burst.
+
+    Each monitor's rate is the values it got over the time to its last; the
+    result's rate is their median, ``delivery`` the smallest share of the
+    N values a monitor got.
+    """
+    from twisted.internet import defer, reactor, task
+
+    from cauldron.client import ClientService
+
+    perf = time.perf_counter
+    total = opts.ops
+    clients = [ClientService(cfg, reactor=reactor, timeout=30) for _ in range(FANOUT)]
+    counts = [0] * FANOUT
+    lasts = [None] * FANOUT
+    done = defer.Deferred()
+    st = dict(progress=perf(), finished=0)
+
+    def onValue(index, value):
+        if value.binary is None or value.binary < 1:
+            return
+        counts[index] += 1
+        lasts[index] = st["progress"] = perf()
+        if value.binary == total:
+            st["finished"] += 1
+            if st["finished"] == FANOUT and not done.called:
+                done.callback(None)
+
+    def watchdog():
+        if perf() - st["progress"] > 3.0 and not done.called:
+            done.callback("stalled")
+
+    subscriptions = []
+    for index, client in enumerate(clients):
+        client.startService()
+        remote = yield client.service("bench")
+        subscriptions.append((yield remote["COUNT"].monitor(
+            lambda value, index=index: onValue(index, value))))
+    start = st["progress"] = perf()
+    meter = CpuMeter(serverPid)
+    svc["FANOUT"].write(total)
+    loop = task.LoopingCall(watchdog)
+    loop.clock = reactor
+    loop.start(0.5, now=False)
+    outcome = yield done
+    loop.stop()
+    for subscription in subscriptions:
+        subscription.stop()
+    yield defer.gatherResults([client.stopService() for client in clients])
+    rates = [n / ((last or perf()) - start) for n, last in zip(counts, lasts, strict=True)]
+    out = dict(ops=sum(counts), seconds=max(last or perf() for last in lasts) - start,
+               rate=statistics.median(rates), delivery=min(counts) / total,
+               lost=FANOUT * total - sum(counts), **meter.result(sum(counts)))
+    if outcome == "stalled":
+        out["stalled"] = True
+    return out
+
+
 def roleRawServer(opts):
     import zmq
 
@@ -514,6 +599,8 @@ def roleRawClient(opts):
             meter = CpuMeter(ports["pid"])
             n, seconds = run(sock, ECHO_PAYLOAD, opts.ops, opts.budget)
             result.update(ops=n, seconds=seconds, rate=n / seconds, **meter.result(n))
+        elif opts.kind == "fanout":
+            result.update(rawFanout(ctx, ports, opts))
         else:
             sub = ctx.socket(zmq.SUB)
             sub.linger = 0
@@ -560,6 +647,70 @@ def roleRawClient(opts):
     finally:
         ctx.destroy(linger=0)
     emit(result)
+
+
+def rawFanout(ctx, ports, opts, perf=time.perf_counter):
+    """FANOUT raw SUB sockets receiving a burst of N messages; as :func:`fanoutClient` reports."""
+    import zmq
+
+    subs = []
+    poller = zmq.Poller()
+    for _ in range(FANOUT):
+        sub = ctx.socket(zmq.SUB)
+        sub.linger = 0
+        sub.rcvhwm = 0
+        sub.subscribe(b"")
+        sub.connect(f"tcp://127.0.0.1:{ports['pub']}")
+        poller.register(sub, zmq.POLLIN)
+        subs.append(sub)
+    warm = set()
+    deadline = perf() + 10
+    while len(warm) < FANOUT:  # every subscriber hears the warm-up: all are connected
+        if perf() > deadline:
+            raise RuntimeError("not every subscriber got a warm-up message within 10 s")
+        for sub, _ in poller.poll(100):
+            while True:
+                try:
+                    sub.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+            warm.add(sub)
+    req = ctx.socket(zmq.REQ)
+    req.linger = 0
+    req.connect(f"tcp://127.0.0.1:{ports['rep']}")
+    counts = dict.fromkeys(subs, 0)
+    lasts = dict.fromkeys(subs)
+    start = perf()
+    meter = CpuMeter(ports["pid"])
+    req.send(str(opts.ops).encode())
+    req.recv()
+    finished, stalled, progress = 0, False, perf()
+    while finished < FANOUT:
+        ready = poller.poll(100)
+        if not ready and perf() - progress > 2:
+            stalled = True
+            break
+        for sub, _ in ready:
+            while True:
+                try:
+                    message = sub.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                if message.startswith(WARM_TOPIC):
+                    continue
+                counts[sub] += 1
+                if counts[sub] == opts.ops:
+                    finished += 1
+            lasts[sub] = progress = perf()
+    req.send(b"done")
+    rates = [counts[s] / ((lasts[s] or perf()) - start) for s in subs]
+    delivered = sum(counts.values())
+    out = dict(ops=delivered, seconds=max(last or perf() for last in lasts.values()) - start,
+               rate=statistics.median(rates), delivery=min(counts.values()) / opts.ops,
+               lost=FANOUT * opts.ops - delivered, **meter.result(delivered))
+    if stalled:
+        out["stalled"] = True
+    return out
 
 
 def rawSequential(sock, payload, count, budget, perf=time.perf_counter):
@@ -669,7 +820,8 @@ def measure(args, preset, scenario, impl, roundNo):
     keys = ["--keys", args.keys] if scenario.endswith(CURVE_SUFFIX) else []
     if impl == "cauldron":
         ops = {"read": preset["seq"], "write": preset["seq"], "read-64": preset["pipe"],
-               "broadcast": preset["bcast"]}[baseScenario(scenario)]
+               "broadcast": preset["bcast"],
+               "fanout-20": preset["fanout"]}[baseScenario(scenario)]
         server = Child(["--role", "dispatcher", "--scenario", scenario, *keys,
                         "--window", str(args.window),
                         "--batch", str(args.batch), *profileArgs(args, tag + "-dispatcher")],
@@ -680,9 +832,9 @@ def measure(args, preset, scenario, impl, roundNo):
     else:
         kind = RAW_KIND[baseScenario(scenario)]
         ops = {"seq": preset["rawSeq"], "pipe": preset["rawPipe"],
-               "pubsub": preset["rawBcast"]}[kind]
+               "pubsub": preset["rawBcast"], "fanout": preset["fanout"]}[kind]
         server = Child(["--role", "raw-server",
-                        "--kind", "pub" if kind == "pubsub" else "echo"], hard)
+                        "--kind", "pub" if kind in ("pubsub", "fanout") else "echo"], hard)
         clientArgs = ["--role", "raw-client", "--kind", kind, "--ops", str(ops), *common]
     client = None
     try:
@@ -716,11 +868,13 @@ def parent(args):
           f"read,write {preset['seq']}/{preset['rawSeq']}, "
           f"read-64 {preset['pipe']}/{preset['rawPipe']} ({DEPTH} in flight), "
           f"broadcast {preset['bcast']}/{preset['rawBcast']} (window {args.window}, "
-          f"ack every {args.ack_every}); warm-up {preset['warm']}; "
+          f"ack every {args.ack_every}), fanout {preset['fanout']} to {FANOUT} monitors; "
+          f"warm-up {preset['warm']}; "
           f"budget {preset['budget']:g} s per loop", flush=True)
     rates = {s: {"cauldron": [], "raw": []} for s in SCENARIOS}
     ratios = {s: [] for s in SCENARIOS}
     lost = {s: 0 for s in SCENARIOS}
+    delivery = {s: [] for s in SCENARIOS}  # cauldron's, where the scenario measures it
     scenarios = args.only or SCENARIOS
     for roundNo in range(1, rounds + 1):
         order = ("cauldron", "raw") if roundNo % 2 else ("raw", "cauldron")
@@ -731,8 +885,12 @@ def parent(args):
                 got[impl] = result["rate"]
                 rates[scenario][impl].append(result["rate"])
                 lost[scenario] += result.get("lost", 0) if impl == "cauldron" else 0
-                extra = " ".join(f"{k}={result[k]}" for k in ("lost", "stalled", "ackErrors")
-                                 if result.get(k))
+                if impl == "cauldron" and "delivery" in result:
+                    delivery[scenario].append(result["delivery"])
+                extra = " ".join(f"{k}={result[k]}" for k in ("lost", "stalled", "ackErrors",
+                                                              "delivery")
+                                 if result.get(k) is not None and result.get(k) is not False
+                                 and result.get(k) != 0)
                 note(f"# round {roundNo} {scenario:9} {impl:8} {result['rate']:9.0f}/s "
                      f"({result['ops']} ops in {result['seconds']:.2f} s; CPU us/op client "
                      f"{result.get('clientCpuUs')} server {result.get('serverCpuUs')}) {extra}")
@@ -743,6 +901,8 @@ def parent(args):
         line = (f"{scenario} cauldron={statistics.median(rates[scenario]['cauldron']):.0f}/s "
                 f"raw={statistics.median(rates[scenario]['raw']):.0f}/s "
                 f"ratio={statistics.median(ratios[scenario]):.3f}")
+        if delivery[scenario]:
+            line += f" delivery={min(delivery[scenario]):.3f}"
         if lost[scenario]:
             line += f" LOST={lost[scenario]}"
         print(line, flush=True)

@@ -336,6 +336,28 @@ class MonitorTests(unittest.TestCase):
         self.assertEqual(len(reads), 1)
 
     @defer.inlineCallbacks
+    def test_batchDeliversNewValuesInOrderAndHealsItsGaps(self):
+        """A batch's repeats and old values are skipped; a gap in it re-reads and counts."""
+        reads = []
+        gappy = keywords.Integer("GAPPY", initial=3, read=lambda: reads.append(1))
+        _, _, remote = yield startPair(self, [gappy], name="gaps")
+        keyword = remote["GAPPY"]
+        seen = []
+        subscription = yield keyword.monitor(lambda v: seen.append((v.binary, v.missed)))
+        self.addCleanup(subscription.stop)
+        latest = keyword.latest
+        at = latest.sequence
+
+        def value(offset, binary):
+            return latest._replace(sequence=at + offset, binary=binary, ascii=str(binary))
+
+        keyword._broadcastMany([value(1, 4), value(1, 4), value(0, 3), value(4, 7)])
+        self.assertEqual(seen, [(3, 0), (4, 0), (7, 2)])
+        self.assertEqual(keyword.latest.binary, 7)
+        self.assertEqual(remote._channel.pending, 1)  # the gap: one Read in flight
+        yield eventually(lambda: reads and remote._channel.pending == 0)
+
+    @defer.inlineCallbacks
     def test_heartbeatAnnouncingNewerSequenceTriggersReread(self):
         """A heartbeat naming a sequence the monitor has not seen makes it re-read."""
         seen = []

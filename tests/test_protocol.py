@@ -16,7 +16,7 @@ from cauldron.protocol import codec
 from cauldron.protocol import messages as M
 
 MESSAGE_CLASSES = typing.get_args(M.Message)
-BROADCASTS = (M.Update, M.Heartbeat)
+BROADCASTS = (M.Update, M.Updates, M.Heartbeat)
 TAGS = [msgspec.inspect.type_info(cls).tag for cls in MESSAGE_CLASSES]
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -82,7 +82,8 @@ def strategyForStruct(cls):
 
 STRATEGIES = {cls: strategyForStruct(cls) for cls in MESSAGE_CLASSES}
 anyMessage = st.one_of(*STRATEGIES.values())
-broadcastMessage = st.one_of(STRATEGIES[M.Update], STRATEGIES[M.Heartbeat])
+broadcastMessage = st.one_of(STRATEGIES[M.Update], STRATEGIES[M.Updates],
+                             STRATEGIES[M.Heartbeat])
 
 
 def assertSame(a, b):
@@ -405,6 +406,11 @@ def test_badKeywordValueOnTheWire(bad):
             codec.decode([codec.VERSION, payload])
     with pytest.raises(ProtocolError):
         codec.decodeBroadcast([codec.topicFor("KW"), codec.VERSION, payload])
+    # One bad value in a batch spoils the batch, whatever its neighbours.
+    batch = msgspec.msgpack.encode(["updates", "svc", "KW", "e", [[1, "1", 1, 1.0],
+                                                                 [bad, "a", 2, 1.0]]])
+    with pytest.raises(ProtocolError):
+        codec.decodeBroadcast([codec.topicFor("KW"), codec.VERSION, batch])
 
 
 @pytest.mark.parametrize("bad", [{"a": 1}, [[1]], [True], ("t",), object()])
@@ -443,6 +449,10 @@ def test_broadcastTopicMismatch():
     for topic in wrong:
         with pytest.raises(ProtocolError, match="topic"):
             codec.decodeBroadcast([topic, codec.VERSION, payload])
+    batch = codec.encode(M.Updates("svc", "KW1", "e", [M.UpdateEntry(1, "1", 1, 1.0)]))[1]
+    for topic in wrong:
+        with pytest.raises(ProtocolError, match="topic"):
+            codec.decodeBroadcast([topic, codec.VERSION, batch])
     heartbeat = codec.encode(M.Heartbeat("svc", "e", 1.0, 2.0))[1]
     for topic in (codec.topicFor("KW1"), b"H", b"", b"H\x00\x00"):
         with pytest.raises(ProtocolError, match="topic"):

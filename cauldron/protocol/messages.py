@@ -232,16 +232,18 @@ class Update(_Message, tag="update"):
         checkValue(self.binary)
 
 
+#: what a keyword's binary value may be (as :func:`checkValue` says), checked by msgspec
+#: itself as it decodes: no Python call per value of a batch
+KeywordBinary = str | int | float | bool | list[int | float] | None
+
+
 class UpdateEntry(msgspec.Struct, frozen=True, array_like=True):
     """One value of an :class:`Updates` batch."""
 
-    binary: Any
+    binary: KeywordBinary
     ascii: str
     sequence: int
     timestamp: float | None
-
-    def __post_init__(self):
-        checkValue(self.binary)
 
 
 class Updates(_Message, tag="updates"):
