@@ -183,7 +183,7 @@ def until(predicate, what="condition"):
 
 def pendingCall(part):
     """Whether a ktl call whose description contains ``part`` waits in the reactor."""
-    return any(part in call.what for call in list(ktl._pending))
+    return any(part in call.what for call in list(ktl._calls._pending))
 
 
 def unreachableConfig():
@@ -297,7 +297,7 @@ def test_timeout_against_an_unreachable_address():
     with pytest.raises(TimeoutError) as info:
         ktl.read("demo", "TEMP", config=unreachableConfig(), timeout=1)
     assert isinstance(info.value, errors.CauldronTimeout)
-    assert 0.9 < time.monotonic() - started < 1 + ktl.GRACE + 1
+    assert 0.9 < time.monotonic() - started < 1 + ktl._calls.GRACE + 1
 
 
 # -- dictionary keys ------------------------------------------------------------------
@@ -522,7 +522,7 @@ def test_wait_for_false_at_the_timeout(svc, cfg):
     svc["TEMP"].write(3)
     started = time.monotonic()
     assert ktl.waitFor("$demo.TEMP > 1e9", timeout=0.3, config=cfg) is False
-    assert 0.3 <= time.monotonic() - started < 0.3 + ktl.GRACE
+    assert 0.3 <= time.monotonic() - started < 0.3 + ktl._calls.GRACE
 
 
 def test_wait_for_compound_and_string_operands(svc, cfg):
@@ -605,7 +605,7 @@ def test_wait_given_up_by_its_caller_leaves_no_monitor(svc, cfg, monkeypatch):
     here a negative grace) cancels the wait, and that stops its monitors."""
     s2 = svc["S2"]
     s2.write("now")
-    monkeypatch.setattr(ktl, "GRACE", -0.3)  # the caller gives up 0.3 s before the timer
+    monkeypatch.setattr(ktl._calls, "GRACE", -0.3)  # the caller gives up 0.3 s before the timer
     waits = [
         lambda: ktl.waitFor("$demo.S2 == 'never'", timeout=0.5, config=cfg),
         lambda: s2.waitFor(lambda kw: False, timeout=0.5),
@@ -852,7 +852,7 @@ def test_dropped_wait_false_handles_print_nothing(cfg, svc, hooks):
             pass
         del kept
         assert svc["MSG"].read() == "fire and forget"
-        until(lambda: not ktl._pending)   # every dropped call has its outcome
+        until(lambda: not ktl._calls._pending)   # every dropped call has its outcome
         until(lambda: gc.collect() is not None and len(unwaited) >= 2)
         print(len(unwaited), sorted(e["what"] for e in unwaited))
     """)
@@ -864,8 +864,8 @@ def test_dropped_wait_false_handles_print_nothing(cfg, svc, hooks):
 def test_a_dispatcher_that_does_not_answer_gives_typed_errors_quietly(cfg, svc, hooks):
     # HANG: the dispatcher never answers a read, nor a new subscription.
     result, elapsed = runScript(cfg, """
-        ktl.DEFAULT_TIMEOUT = 1.0   # the clients' request deadline
-        ktl.GRACE = 0.4             # shorter than that deadline
+        ktl._calls.DEFAULT_TIMEOUT = 1.0   # the clients' request deadline
+        ktl._calls.GRACE = 0.4             # shorter than that deadline
         svc = ktl.Service("demo", cfg)
         hang = svc["HANG"]
         # Priming waits 1 s for the subscription's answer, then reads for 1 s:
@@ -879,16 +879,16 @@ def test_a_dispatcher_that_does_not_answer_gives_typed_errors_quietly(cfg, svc, 
                   1.9 < time.monotonic() - started < 4)
         assert not hang["monitored"]
         # ktl's own deadline passing first: the request is cancelled, quietly.
-        ktl.GRACE = -0.2
+        ktl._calls.GRACE = -0.2
         try:
             hang.read(timeout=0.3)
         except errors.CauldronTimeout as e:
             print("read:", "no answer within" in str(e) or str(e))
-        ktl.GRACE = 0.4
+        ktl._calls.GRACE = 0.4
         sequence = hang.read(wait=False)
         print("sequence:", sequence.wait(0.05))   # not complete yet
         del sequence
-        until(lambda: not ktl._pending)   # every client deadline passed
+        until(lambda: not ktl._calls._pending)   # every client deadline passed
         gc.collect()
     """)
     try:
@@ -924,7 +924,7 @@ def test_blocked_calls_at_interpreter_exit_print_no_traceback(cfg, svc, hooks):
             lambda: svc["HANG"].monitor(),
         ]:
             threading.Thread(target=target, daemon=True).start()
-        until(lambda: len(ktl._pending) >= 7)   # all seven calls are blocked
+        until(lambda: len(ktl._calls._pending) >= 7)   # all seven calls are blocked
         print("main ends", flush=True)
     """)
     try:
