@@ -25,6 +25,12 @@ Scenarios:
   turn, no pacing); value = updates per second per monitor (median), plus
   ``delivery=``, the smallest share of the 20,000 a monitor got (must be
   1.000).  Raw: one PUB, 20 SUB sockets (unlimited high-water marks).
+* ``clients-1000``: 1,000 more ``ClientService`` objects in one process,
+  each monitoring TICK (set by the dispatcher 10 times a second); printed
+  as ``clients-1000 threads=<n> kib-per-client=<n> p99=<ms> updates=<n>``:
+  the process's threads, its memory growth per client, and the 99th
+  percentile of the delay from the dispatcher's timestamp to a callback,
+  over 3 s.  No raw counterpart.
 * ``broadcast``: the dispatcher calls ``COUNT.set(i)`` for i in range(N) as
   fast as it can, in batches yielding to the reactor, while the client
   monitors COUNT; no update may be lost.  The PUB high-water mark is 1000,
@@ -67,11 +73,16 @@ if ROOT not in sys.path:
 PLAIN_SCENARIOS = ("read", "write", "read-64", "broadcast", "fanout-20")
 CURVE_SUFFIX = "-curve"
 SCENARIOS = PLAIN_SCENARIOS + tuple(
-    s + CURVE_SUFFIX for s in ("read", "read-64", "broadcast"))
+    s + CURVE_SUFFIX for s in ("read", "read-64", "broadcast")) + ("clients-1000",)
 RAW_KIND = {"read": "seq", "write": "seq", "read-64": "pipe", "broadcast": "pubsub",
             "fanout-20": "fanout"}
 #: monitors (subscribers) of the fanout scenario
 FANOUT = 20
+#: how often the dispatcher sets TICK, and how many clients monitor it (clients-1000)
+TICK_HZ = 10
+IDLE_CLIENTS = 1000
+#: how long clients-1000 collects latencies once every client is monitoring
+IDLE_SECONDS = 3.0
 DEPTH = 64
 
 #: operation counts; every loop also stops at ``budget`` seconds
@@ -217,6 +228,15 @@ def roleDispatcher(opts):
     ack = keywords.Integer("ACK", initial=0)
     ack.addListener(acknowledged)
 
+    tick = keywords.Integer("TICK", initial=0)
+
+    def ticking():
+        tick.set((tick.value or 0) + 1)
+
+    ticker = task.LoopingCall(ticking)
+    ticker.clock = reactor
+    reactor.callWhenRunning(ticker.start, 1 / TICK_HZ)
+
     def startFanout(value):
         """Set COUNT to 1..value as fast as the reactor allows, ``--batch`` per turn."""
         state.update(total=int(value), next=1)
@@ -236,6 +256,7 @@ def roleDispatcher(opts):
         keywords.Integer("WARMUP", initial=0, write=startWarmup),
         keywords.Integer("BURST", initial=0, write=startBurst),
         keywords.Integer("FANOUT", initial=0, write=startFanout),
+        tick,
         ack,
     ]
     cfg = config.Config.fromMapping({
@@ -374,6 +395,9 @@ def roleClient(opts):
         client.startService()
         svc = yield client.service("bench")
         scenario = baseScenario(opts.scenario)
+        if scenario == "clients-1000":
+            result.update((yield idleClients(cfg)))
+            return
         if scenario == "fanout-20":
             result.update((yield fanoutClient(opts, cfg, svc, ports["pid"])))
             return
@@ -534,6 +558,54 @@ def fanoutClient(opts, cfg, svc, serverPid):
     if outcome == "stalled":
         out["stalled"] = True
     return out
+
+
+def procStatus(field):
+    """A number from /proc/self/status (``VmRSS`` in KiB, ``Threads``)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def idleClients(cfg):
+    """IDLE_CLIENTS more ClientServices, each monitoring TICK: threads, memory, latency."""
+    import resource
+
+    from twisted.internet import defer, reactor, task
+
+    from cauldron.client import ClientService
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # four descriptors a client
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 16384)), hard))
+    rssBefore = procStatus("VmRSS")
+    latencies = []
+    collecting = [False]
+
+    def onTick(value):
+        if collecting[0] and value.timestamp is not None:
+            latencies.append(time.time() - value.timestamp)
+
+    clients, subscriptions = [], []
+    for _ in range(IDLE_CLIENTS):
+        client = ClientService(cfg, reactor=reactor, timeout=30)
+        client.startService()
+        clients.append(client)
+        remote = yield client.service("bench")
+        subscriptions.append((yield remote["TICK"].monitor(onTick)))
+    threads, rssAfter = procStatus("Threads"), procStatus("VmRSS")
+    collecting[0] = True
+    yield task.deferLater(reactor, IDLE_SECONDS, lambda: None)
+    collecting[0] = False
+    for subscription in subscriptions:
+        subscription.stop()
+    yield defer.gatherResults([client.stopService() for client in clients])
+    latencies.sort()
+    p99 = latencies[int(0.99 * (len(latencies) - 1))] if latencies else float("nan")
+    return dict(ops=len(latencies), seconds=IDLE_SECONDS, rate=len(latencies) / IDLE_SECONDS,
+                threads=threads, kibPerClient=round((rssAfter - rssBefore) / IDLE_CLIENTS, 1),
+                p99ms=round(p99 * 1000, 2))
 
 
 def roleRawServer(opts):
@@ -820,8 +892,8 @@ def measure(args, preset, scenario, impl, roundNo):
     keys = ["--keys", args.keys] if scenario.endswith(CURVE_SUFFIX) else []
     if impl == "cauldron":
         ops = {"read": preset["seq"], "write": preset["seq"], "read-64": preset["pipe"],
-               "broadcast": preset["bcast"],
-               "fanout-20": preset["fanout"]}[baseScenario(scenario)]
+               "broadcast": preset["bcast"], "fanout-20": preset["fanout"],
+               "clients-1000": IDLE_CLIENTS}[baseScenario(scenario)]
         server = Child(["--role", "dispatcher", "--scenario", scenario, *keys,
                         "--window", str(args.window),
                         "--batch", str(args.batch), *profileArgs(args, tag + "-dispatcher")],
@@ -876,9 +948,15 @@ def parent(args):
     lost = {s: 0 for s in SCENARIOS}
     delivery = {s: [] for s in SCENARIOS}  # cauldron's, where the scenario measures it
     scenarios = args.only or SCENARIOS
+    idle = []
     for roundNo in range(1, rounds + 1):
         order = ("cauldron", "raw") if roundNo % 2 else ("raw", "cauldron")
         for scenario in scenarios:
+            if scenario == "clients-1000":
+                result = measure(args, preset, scenario, "cauldron", roundNo)
+                note(f"# round {roundNo} {idleLine([result])}")
+                idle.append(result)
+                continue
             got = {}
             for impl in order:
                 result = measure(args, preset, scenario, impl, roundNo)
@@ -898,6 +976,9 @@ def parent(args):
                     note("# WARNING: raw pub/sub lost messages")
             ratios[scenario].append(got["cauldron"] / got["raw"])
     for scenario in scenarios:
+        if scenario == "clients-1000":
+            print(idleLine(idle), flush=True)
+            continue
         line = (f"{scenario} cauldron={statistics.median(rates[scenario]['cauldron']):.0f}/s "
                 f"raw={statistics.median(rates[scenario]['raw']):.0f}/s "
                 f"ratio={statistics.median(ratios[scenario]):.3f}")
@@ -913,6 +994,16 @@ def parent(args):
             kept.append(f"{base}={secure / statistics.median(rates[base]['cauldron']):.3f}")
     if kept:
         print("curve-keeps " + " ".join(kept), flush=True)
+
+
+def idleLine(results):
+    """``clients-1000 threads=.. kib-per-client=.. p99=..ms``: medians over rounds."""
+    def median(key):
+        return statistics.median(r[key] for r in results)
+
+    return (f"clients-1000 threads={median('threads'):.0f} "
+            f"kib-per-client={median('kibPerClient'):.1f} p99={median('p99ms'):.2f}ms "
+            f"updates={median('ops'):.0f}")
 
 
 def main(argv=None):

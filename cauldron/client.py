@@ -106,7 +106,8 @@ class ClientService(service.Service):
         """Open the transport; a ConfigError (and nothing started) on a key problem."""
         curve = Curve.fromConfig(self.config)  # fails closed, before anything runs
         super().startService()
-        self._transport = Transport(self.reactor, curve=curve)
+        # Clients bind nothing: a thousand of them share one ZeroMQ context.
+        self._transport = Transport(self.reactor, curve=curve, shared=True)
         if self.config.get("zmq-router", "enable"):
             from cauldron.routerlink import Locator
 

@@ -307,6 +307,8 @@ class MonitorTests(unittest.TestCase):
         clients = [startClient(self, self.dispatcher.dispatchAddress,
                                self.dispatcher.broadcastAddress) for _ in range(3)]
         seen = [[] for _ in clients]
+        # Clients on one reactor share one ZeroMQ context (one I/O thread).
+        self.assertEqual(len({id(client._transport._factory) for client in clients}), 1)
         for client, values in zip(clients, seen, strict=True):
             remote = yield client.service("demo")
             subscription = yield remote["COUNT"].monitor(

@@ -7,6 +7,7 @@ from twisted.internet import reactor as globalReactor
 from twisted.trial import unittest
 
 from cauldron.transport import AddressInUse, Transport, bindAddress, portOf
+from cauldron.transport import context as transportContext
 from cauldron.transport.publisher import MAX_SUBSCRIPTION_BYTES, SUBSCRIPTION_HIGH_WATER_MARK
 from cauldron.transport.sockets import (
     CONNECT_TIMEOUT_MS,
@@ -249,3 +250,59 @@ class TransportTests(unittest.TestCase):
         for connection in connections:
             self.assertTrue(connection.closed)
             self.assertNotIn(connection, globalReactor.getReaders())
+
+
+def threadCount():
+    """Threads of this process, native ones (libzmq's I/O threads) included."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    raise AssertionError("no Threads line in /proc/self/status")
+
+
+class SharedContextTests(unittest.TestCase):
+    """Client Transports on one reactor share one ZeroMQ context (one I/O thread)."""
+
+    @defer.inlineCallbacks
+    def test_manyClientsOneContext(self):
+        server = Transport(globalReactor)
+        self.addCleanup(server.shutdown)
+        replies = []
+        echo = server.router(lambda peer, frames: echo.sendTo(peer, frames))
+        address = echo.bind(bindAddress("tcp", HOST, 0))
+        before = threadCount()
+        clients = [Transport(globalReactor, shared=True) for _ in range(50)]
+        for client in clients:
+            self.addCleanup(client.shutdown)
+            dealer = client.dealer(replies.append)
+            dealer.connect(address)
+            dealer.send([b"ping"])
+        yield eventually(lambda: len(replies) == 50)
+        self.assertLessEqual(threadCount() - before, 2)  # one context: its I/O and reaper threads
+        self.assertEqual(len({id(client._factory) for client in clients}), 1)
+
+    @defer.inlineCallbacks
+    def test_oneClientStoppingLeavesTheOthersWorking(self):
+        server = Transport(globalReactor)
+        self.addCleanup(server.shutdown)
+        echo = server.router(lambda peer, frames: echo.sendTo(peer, frames))
+        address = echo.bind(bindAddress("tcp", HOST, 0))
+        first, second = Transport(globalReactor, shared=True), Transport(globalReactor, shared=True)
+        self.addCleanup(second.shutdown)
+        first.dealer(lambda frames: None).connect(address)
+        first.shutdown()
+        self.assertTrue(first.closed)
+        replies = []
+        dealer = second.dealer(replies.append)
+        dealer.connect(address)
+        dealer.send([b"still there?"])
+        yield eventually(lambda: replies == [[b"still there?"]])
+        second.shutdown()
+        self.assertNotIn(globalReactor, transportContext._sharedFactories)
+
+    def test_serversAndSecureTransportsKeepTheirOwnContext(self):
+        own, shared = Transport(globalReactor), Transport(globalReactor, shared=True)
+        self.addCleanup(own.shutdown)
+        self.addCleanup(shared.shutdown)
+        self.assertIsNot(own._factory, shared._factory)
