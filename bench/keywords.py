@@ -20,6 +20,8 @@ Scenarios:
   write completes and is broadcast) vs the same raw echo;
 * ``read-64``: reads with 64 in flight vs raw DEALER -> ROUTER with 64 in
   flight;
+* ``read-p99``: the 99th percentile of sequential read latency (µs), vs
+  the raw REQ echo's; the ratio is raw ÷ cauldron;
 * ``fanout-20``: 20 monitors of COUNT (20 clients in one process) while
   the dispatcher sets it 1..20,000 as fast as it can (``--batch`` per reactor
   turn, no pacing); value = updates per second per monitor (median), plus
@@ -70,12 +72,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-PLAIN_SCENARIOS = ("read", "write", "read-64", "broadcast", "fanout-20")
+PLAIN_SCENARIOS = ("read", "write", "read-64", "read-p99", "broadcast", "fanout-20")
 CURVE_SUFFIX = "-curve"
 SCENARIOS = PLAIN_SCENARIOS + tuple(
     s + CURVE_SUFFIX for s in ("read", "read-64", "broadcast")) + ("clients-1000",)
-RAW_KIND = {"read": "seq", "write": "seq", "read-64": "pipe", "broadcast": "pubsub",
-            "fanout-20": "fanout"}
+RAW_KIND = {"read": "seq", "write": "seq", "read-64": "pipe", "read-p99": "seq-p99",
+            "broadcast": "pubsub", "fanout-20": "fanout"}
 #: monitors (subscribers) of the fanout scenario
 FANOUT = 20
 #: how often the dispatcher sets TICK, and how many clients monitor it (clients-1000)
@@ -310,24 +312,28 @@ def securitySection(opts, name):
     }}
 
 
-def sequential(op, count, budget, perf=time.perf_counter):
+def sequential(op, count, budget, perf=time.perf_counter, latencies=None):
     """Run ``op()`` (a Deferred) ``count`` times, one at a time.
 
     Fires with ``(completed, seconds)``; stops early after ``budget`` s.
+    With ``latencies`` (a list), each operation's seconds are appended.
     """
     from twisted.internet import defer
 
     done = defer.Deferred()
-    state = [0]
+    state = [0, 0.0]
     start = perf()
     deadline = start + budget
 
     def step(_):
+        now = perf()
+        if latencies is not None and state[0]:
+            latencies.append(now - state[1])
         n = state[0]
-        if n >= count or perf() > deadline:
-            done.callback((n, perf() - start))
+        if n >= count or now > deadline:
+            done.callback((n, now - start))
             return
-        state[0] = n + 1
+        state[0], state[1] = n + 1, now
         op().addCallbacks(step, failed)
 
     def failed(failure):
@@ -415,6 +421,12 @@ def roleClient(opts):
             yield pipelined(op, opts.warm * 4, DEPTH, opts.budget)
             meter = CpuMeter(ports["pid"])
             n, seconds = yield pipelined(op, opts.ops, DEPTH, opts.budget)
+        elif scenario == "read-p99":
+            yield sequential(op, opts.warm, opts.budget)
+            meter = CpuMeter(ports["pid"])
+            latencies = []
+            n, seconds = yield sequential(op, opts.ops, opts.budget, latencies=latencies)
+            result.update(p99us=percentile99(latencies) * 1e6)
         else:
             yield sequential(op, opts.warm, opts.budget)
             meter = CpuMeter(ports["pid"])
@@ -662,15 +674,19 @@ def roleRawClient(opts):
     perf = time.perf_counter
     result = {}
     try:
-        if opts.kind in ("seq", "pipe"):
-            sock = ctx.socket(zmq.REQ if opts.kind == "seq" else zmq.DEALER)
+        if opts.kind in ("seq", "pipe", "seq-p99"):
+            sock = ctx.socket(zmq.DEALER if opts.kind == "pipe" else zmq.REQ)
             sock.linger = 0
             sock.connect(f"tcp://127.0.0.1:{ports['port']}")
-            run = rawSequential if opts.kind == "seq" else rawPipelined
-            run(sock, ECHO_PAYLOAD, opts.warm * (1 if opts.kind == "seq" else 4), opts.budget)
+            run = rawPipelined if opts.kind == "pipe" else rawSequential
+            run(sock, ECHO_PAYLOAD, opts.warm * (4 if opts.kind == "pipe" else 1), opts.budget)
             meter = CpuMeter(ports["pid"])
-            n, seconds = run(sock, ECHO_PAYLOAD, opts.ops, opts.budget)
+            latencies = [] if opts.kind == "seq-p99" else None
+            extra = {} if latencies is None else dict(latencies=latencies)
+            n, seconds = run(sock, ECHO_PAYLOAD, opts.ops, opts.budget, **extra)
             result.update(ops=n, seconds=seconds, rate=n / seconds, **meter.result(n))
+            if latencies is not None:
+                result.update(p99us=percentile99(latencies) * 1e6)
         elif opts.kind == "fanout":
             result.update(rawFanout(ctx, ports, opts))
         else:
@@ -785,18 +801,27 @@ def rawFanout(ctx, ports, opts, perf=time.perf_counter):
     return out
 
 
-def rawSequential(sock, payload, count, budget, perf=time.perf_counter):
+def rawSequential(sock, payload, count, budget, perf=time.perf_counter, latencies=None):
     send, recv = sock.send, sock.recv
     start = perf()
     deadline = start + budget
     n = 0
     while n < count:
+        began = perf()
         send(payload)
         recv()
         n += 1
-        if perf() > deadline:
+        ended = perf()
+        if latencies is not None:
+            latencies.append(ended - began)
+        if ended > deadline:
             break
     return n, perf() - start
+
+
+def percentile99(values):
+    values = sorted(values)
+    return values[int(0.99 * (len(values) - 1))] if values else float("nan")
 
 
 def rawPipelined(sock, payload, count, budget, perf=time.perf_counter):
@@ -892,7 +917,8 @@ def measure(args, preset, scenario, impl, roundNo):
     keys = ["--keys", args.keys] if scenario.endswith(CURVE_SUFFIX) else []
     if impl == "cauldron":
         ops = {"read": preset["seq"], "write": preset["seq"], "read-64": preset["pipe"],
-               "broadcast": preset["bcast"], "fanout-20": preset["fanout"],
+               "read-p99": preset["seq"], "broadcast": preset["bcast"],
+               "fanout-20": preset["fanout"],
                "clients-1000": IDLE_CLIENTS}[baseScenario(scenario)]
         server = Child(["--role", "dispatcher", "--scenario", scenario, *keys,
                         "--window", str(args.window),
@@ -903,7 +929,7 @@ def measure(args, preset, scenario, impl, roundNo):
                       *profileArgs(args, tag + "-client")]
     else:
         kind = RAW_KIND[baseScenario(scenario)]
-        ops = {"seq": preset["rawSeq"], "pipe": preset["rawPipe"],
+        ops = {"seq": preset["rawSeq"], "pipe": preset["rawPipe"], "seq-p99": preset["rawSeq"],
                "pubsub": preset["rawBcast"], "fanout": preset["fanout"]}[kind]
         server = Child(["--role", "raw-server",
                         "--kind", "pub" if kind in ("pubsub", "fanout") else "echo"], hard)
@@ -960,6 +986,8 @@ def parent(args):
             got = {}
             for impl in order:
                 result = measure(args, preset, scenario, impl, roundNo)
+                if "p99us" in result:  # a latency: its ratio is raw / cauldron
+                    result["rate"] = 1e6 / result["p99us"]
                 got[impl] = result["rate"]
                 rates[scenario][impl].append(result["rate"])
                 lost[scenario] += result.get("lost", 0) if impl == "cauldron" else 0
@@ -978,6 +1006,13 @@ def parent(args):
     for scenario in scenarios:
         if scenario == "clients-1000":
             print(idleLine(idle), flush=True)
+            continue
+        if scenario == "read-p99":  # rates are 1e6 / p99 in µs
+            ours, raw = (1e6 / statistics.median(rates[scenario][impl])
+                         for impl in ("cauldron", "raw"))
+            line = (f"{scenario} cauldron={ours:.0f}us raw={raw:.0f}us "
+                    f"ratio={statistics.median(ratios[scenario]):.3f}")
+            print(line, flush=True)
             continue
         line = (f"{scenario} cauldron={statistics.median(rates[scenario]['cauldron']):.0f}/s "
                 f"raw={statistics.median(rates[scenario]['raw']):.0f}/s "
