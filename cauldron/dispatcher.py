@@ -645,13 +645,18 @@ class DispatcherService(service.Service):
         return False
 
     def _mayRead(self, keyword, key):
-        """Whether the client key named ``key`` may read, describe and monitor ``keyword``."""
+        """Whether the client key named ``key`` may read, describe and monitor ``keyword``.
+
+        ``key`` may be a callable giving the name: it is called only if the
+        keyword names readers (asking libzmq for a peer's key costs a
+        failed call in plain mode).
+        """
         patterns = keyword.readers if keyword.readers is not None else self.readers
-        return _permitted(patterns, key)
+        return patterns is None or _permitted(patterns, key() if callable(key) else key)
 
     def _mayWrite(self, keyword, key):
         patterns = keyword.writers if keyword.writers is not None else self.writers
-        return _permitted(patterns, key)
+        return patterns is None or _permitted(patterns, key() if callable(key) else key)
 
     def _handleRead(self, request, peer):
         if self._late(request):
@@ -659,7 +664,7 @@ class DispatcherService(service.Service):
         keyword = self._keyword(request)
         if keyword.writeonly:
             raise WriteOnly(f"{self.name}.{keyword.name} is write-only")
-        if not self._mayRead(keyword, _keyName(peer)):
+        if not self._mayRead(keyword, lambda: _keyName(peer)):
             raise _denied(self.name, keyword, "read")
         done = _runHooks(keyword, READ_PATH)
         if isinstance(done, defer.Deferred):
@@ -672,7 +677,7 @@ class DispatcherService(service.Service):
         keyword = self._keyword(request)
         if keyword.readonly:
             raise ReadOnly(f"{self.name}.{keyword.name} is read-only")
-        if not self._mayWrite(keyword, _keyName(peer)):
+        if not self._mayWrite(keyword, lambda: _keyName(peer)):
             raise _denied(self.name, keyword, "write")
         binary = keyword.toBinary(request.value)
         write = _QueuedWrite(request, peer, binary)
@@ -754,7 +759,7 @@ class DispatcherService(service.Service):
 
     def _described(self, keyword, peer):
         info = describeWithValue(keyword)
-        if not self._mayRead(keyword, _keyName(peer)):
+        if not self._mayRead(keyword, lambda: _keyName(peer)):
             info.update(binary=None, ascii="", initial=None)  # its metadata only
         return info
 
