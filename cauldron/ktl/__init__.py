@@ -7,7 +7,10 @@ no reactor in sight.  Underneath is the Deferred client
 background thread started by `crochet <https://crochet.readthedocs.io>`_ on
 first use.  There is one shared ``ClientService`` per configuration; the
 configuration is the ``config=`` argument (a path or a
-:class:`cauldron.config.Config`), else ``$CAULDRON_CONFIG``, else defaults.
+:class:`cauldron.config.Config`), else the one :func:`configure` set, else
+``$CAULDRON_CONFIG``, else defaults.  Scripts written for KTL Python run
+unchanged (``cauldron ktl run``, or :func:`install`); "Coming from KTL" in
+the docs lists every KTL Python name and what happens to it here.
 
 Threads
     Every function here may be called from any thread except the reactor
@@ -26,8 +29,10 @@ Deadlines
     ``timeout`` of None there waits for ever.
 
 Errors
-    The :mod:`cauldron.errors` classes, unchanged: an unknown keyword is a
-    :class:`KeyError`, a rejected value a :class:`ValueError`.
+    The :mod:`cauldron.errors` classes, under KTL's names too: every one is
+    a :data:`ktlError`, a timeout a :data:`TimeoutException`; an unknown
+    keyword is a :class:`KeyError`, a rejected value (or a write to a
+    read-only keyword) a :class:`ValueError`.
 
 Exit
     Clients are stopped in the reactor's ``before shutdown`` trigger, which
