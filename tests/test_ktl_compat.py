@@ -340,6 +340,16 @@ def test_poll_reads_periodically_until_stopped(svc, dispatcher):
         kw.poll(0)
 
 
+def test_shutdown_stops_polling(svc):
+    """ktl.shutdown() ends polls as it ends monitors: no read connects again by itself."""
+    kw = svc["V4"]
+    kw.poll(0.05)
+    assert kw._poll is not None and kw._poll.running
+    ktl.shutdown()
+    assert kw._poll is None
+    assert kw.read() == "45"  # a call of the user's own connects again
+
+
 def test_propagate_calls_every_callback_now(svc):
     kw = svc["V5"]
     kw.read()

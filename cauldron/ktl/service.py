@@ -139,12 +139,13 @@ class Service:
                 waiter.callback(result)
 
     def _clientStopped(self):
-        """Reactor thread, from _stopClients: the monitors ended with the client."""
+        """Reactor thread, from _stopClients: monitors and polls end with the client."""
         with self._keywordLock:
             keywords = list(self._keywords.values()) + list(self._clones.values())
         for keyword in keywords:
             keyword._monitorToken = None
             keyword._subscription = None
+            keyword._pollInReactor(None)  # a poll would connect again at once
 
     def __repr__(self):
         return f"<ktl.Service {self.name}>"
