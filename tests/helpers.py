@@ -5,6 +5,8 @@ spin it), binds ephemeral ports on 127.0.0.1 and registers its own cleanup on
 the test case, so the trial janitor finds no sockets or timers left behind.
 """
 
+import random
+
 from twisted.internet import defer, task
 from twisted.internet import reactor as globalReactor
 
@@ -15,6 +17,16 @@ from cauldron.protocol import codec
 from cauldron.transport import Transport, bindAddress, portOf
 
 HOST = "127.0.0.1"
+
+
+#: lease ranges of tests lie below Linux's ephemeral ports (32768-60999), where
+#: the ports other tests bind with port 0 can never collide with them
+LEASE_RANGE_FLOOR, LEASE_RANGE_CEILING = 20000, 32768
+
+
+def randomLeaseStart(width=40):
+    """The even first port of a random lease range of ``width`` ports below the ephemeral ones."""
+    return random.randrange(LEASE_RANGE_FLOOR, LEASE_RANGE_CEILING - width, 2)
 
 
 def directConfig(dispatchPort=0, broadcastPort=0):

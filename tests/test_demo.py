@@ -1,7 +1,6 @@
 """The demo service (router + ``demo`` dispatcher) on real sockets, ephemeral ports."""
 
 import os
-import random
 import shutil
 import tempfile
 
@@ -14,7 +13,7 @@ from cauldron.client import ClientService
 from cauldron.config import Config
 from cauldron.errors import BadValue, ReadOnly
 from cauldron.transport import portOf
-from tests.helpers import HOST, eventually
+from tests.helpers import HOST, eventually, randomLeaseStart
 
 TICK = 0.05
 EXPECTED = ["COUNT", "FILTER", "MESSAGE", "MODE", "POSITION", "SETPOINT", "SHUTTER",
@@ -23,7 +22,7 @@ EXPECTED = ["COUNT", "FILTER", "MESSAGE", "MODE", "POSITION", "SETPOINT", "SHUTT
 
 def routedConfig():
     """A config with an ephemeral router port and a random, private lease range."""
-    first = random.randrange(20000, 60000, 2)
+    first = randomLeaseStart()
     return Config.fromMapping({
         "zmq": {"host": HOST},
         "zmq-router": {"host": HOST, "port": 0, "first-port": first, "last-port": first + 40,

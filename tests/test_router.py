@@ -18,7 +18,7 @@ from cauldron.protocol.messages import Lease, ListServices, Ping, Pong, ServiceL
 from cauldron.requests import RequestChannel
 from cauldron.router import RouterService
 from cauldron.transport import Transport, bindAddress, portOf
-from tests.helpers import HOST, eventually, freePort
+from tests.helpers import HOST, eventually, freePort, randomLeaseStart
 
 HEARTBEAT = 0.1
 TTL = 3 * HEARTBEAT
@@ -27,7 +27,7 @@ TTL = 3 * HEARTBEAT
 def routedConfig(routerPort, firstPort=None, lastPort=None, **router):
     """A config using the router at ``routerPort`` on 127.0.0.1."""
     if firstPort is None:
-        firstPort = random.randrange(20000, 60000, 2)
+        firstPort = randomLeaseStart()
         lastPort = firstPort + 40
     values = {"host": HOST, "port": routerPort, "first-port": firstPort,
               "last-port": lastPort, "timeout": 500, "allow-spawn": "no"}

@@ -10,7 +10,6 @@ dispatcher spawned, is ended at cleanup.
 
 import configparser
 import os
-import random
 import re
 import shutil
 import signal
@@ -21,6 +20,7 @@ import tempfile
 import time
 
 import pytest
+from helpers import randomLeaseStart
 from processes import DEADLINE, TWISTD, Process, cauldron, environment, freePorts
 
 #: what the issue allows for expiry and repopulation
@@ -53,12 +53,12 @@ def _bindable(port):
 
 
 def leaseRange(width=40):
-    """``(first, last)``: a random range inside 20000-60000 whose first pair is free now."""
+    """``(first, last)``: a random range below the ephemeral ports whose first pair is free."""
     for _ in range(100):
-        first = random.randrange(20000, 60000 - width + 1, 2)
+        first = randomLeaseStart(width)
         if _bindable(first) and _bindable(first + 1):
             return first, first + width
-    raise AssertionError("no free port pair found in 20000-60000")
+    raise AssertionError("no free port pair found below the ephemeral ports")
 
 
 class Setup:
