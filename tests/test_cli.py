@@ -17,6 +17,7 @@ import tempfile
 import time
 
 import pytest
+from helpers import randomLeaseStart
 from processes import DEADLINE, TWISTD, Process, cauldron, environment, freePorts
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
@@ -355,7 +356,7 @@ def test_usageErrors(argv):
 def test_demo(tmp_path):
     """cauldron demo serves a router and the demo service until Ctrl-C (then exit 0)."""
     routerPort = freePorts(1)[0]
-    first = 20000 + 2 * (routerPort % 19000)
+    first = randomLeaseStart()
     config = tmp_path / "demo.ini"
     config.write_text(
         "[zmq]\nhost = 127.0.0.1\n"
