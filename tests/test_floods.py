@@ -20,7 +20,7 @@ import zmq
 from processes import DEADLINE, TWISTD, Process, cauldron
 
 from cauldron.protocol import codec
-from cauldron.protocol.messages import Read, Value
+from cauldron.protocol.messages import Read, Value, Write
 
 #: a slow module: CI runs it as its own step (``python -m pytest -m slow``)
 pytestmark = pytest.mark.slow
@@ -42,6 +42,10 @@ initial = 7
 [TEMP]
 type = "double"
 initial = 20.0
+
+[BIG]
+type = "string"
+initial = ""
 """
 
 READY = re.compile(
@@ -503,3 +507,61 @@ def test_departedReadersLogBounded(target):
     print("\n%d reads from departed peers: %d log lines" % (requestId, len(lines)))
     print("".join(lines[:5]))
     assert len(lines) <= 20, "".join(lines[:5])
+
+
+#: the size of each value in the stalled-subscriber test
+BIG_VALUE = 64 * 1024
+#: changes made while the subscriber stalls: the cost levels off well before
+#: (1,500 and 6,000 measured the same: 123 MiB)
+COUNT = 3000
+#: what a subscriber that never reads may cost: libzmq holds up to the
+#: broadcast socket's high-water mark (1,000 messages) on each side of the
+#: connection's pipe, so twice that of such values, and the usual margin
+STALLED_BOUND_KIB = 2 * 1000 * BIG_VALUE // 1024 + RSS_MARGIN_KIB
+
+
+def test_stalledSubscriberOfLargeValuesBounded(target):
+    """A subscriber that never reads costs a bounded amount: twice the high-water mark.
+
+    3,000 changes of 64 KiB; a live subscriber gets the last of them, and
+    the dispatcher grows by no more than 2,000 of them (plus the margin):
+    123 MiB measured.  Bounded, not small: queues count messages, not bytes.
+    """
+    topic = codec.topicFor("BIG")
+    stalled = target.socket(zmq.SUB, SUBSCRIBE=topic, RCVBUF=4096, RCVHWM=1)
+    live = target.socket(zmq.SUB, SUBSCRIBE=topic, RCVHWM=0)
+    writer = target.socket(zmq.DEALER)
+    try:
+        for sub in (stalled, live):
+            sub.connect(target.broadcast)
+        writer.connect(target.dispatch)
+        assert live.poll(DEADLINE * 1000), "no answer to the live subscription"
+        live.recv_multipart()
+        before = target.rss()
+        sampler = target.start(RssSampler(target))
+        last = None
+        for n in range(COUNT):
+            value = "%08d" % n + "x" * (BIG_VALUE - 8)
+            writer.send_multipart(codec.encode(Write(n, "BIG", value, SERVICE)))
+            assert writer.poll(DEADLINE * 1000), "write %d not answered" % n
+            writer.recv_multipart()
+            while live.poll(0):
+                last = codec.decodeBroadcast(live.recv_multipart())
+        while last is None or not _endsWith(last, "%08d" % (COUNT - 1)):
+            assert live.poll(DEADLINE * 1000), "the live subscriber did not get the last value"
+            last = codec.decodeBroadcast(live.recv_multipart())
+        sampler.stop()
+        sampler.join(DEADLINE)
+        print("\nstalled subscriber of %d x 64 KiB: RSS before %.1f MiB, peak %.1f MiB"
+              % (COUNT, before / 1024, sampler.peak / 1024))
+        assert sampler.peak - before <= STALLED_BOUND_KIB, (
+            "RSS grew by %d KiB" % (sampler.peak - before))
+        target.show()
+    finally:
+        closeAll([stalled, live, writer])
+
+
+def _endsWith(message, prefix):
+    """Whether an Update (or the last value of an Updates batch) starts with ``prefix``."""
+    value = message.entries[-1].binary if hasattr(message, "entries") else message.binary
+    return isinstance(value, str) and value.startswith(prefix)
