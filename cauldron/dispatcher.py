@@ -80,8 +80,10 @@ audit = Logger(namespace="cauldron.audit")
 MAX_QUEUED_WRITES = 100
 #: seconds between two answers to subscriptions of one keyword (floods coalesce)
 WELCOME_INTERVAL = 0.01
-#: the most (estimated) bytes of values one broadcast batch holds
-BATCH_BYTES = 64 * 1024
+#: the most (estimated) bytes of values one broadcast batch holds: a burst
+#: of 20,000 small changes takes ~70 messages, while a subscriber that stalls
+#: holds at most ~2,000 messages, so batches bound what it costs (32 MiB)
+BATCH_BYTES = 16 * 1024
 
 #: the states of a dispatcher (:attr:`DispatcherService.state`)
 STOPPED = "stopped"
