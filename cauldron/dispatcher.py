@@ -81,8 +81,8 @@ MAX_QUEUED_WRITES = 100
 #: seconds between two answers to subscriptions of one keyword (floods coalesce)
 WELCOME_INTERVAL = 0.01
 #: the most (estimated) bytes of values one broadcast batch holds: a burst
-#: of 20,000 small changes takes ~70 messages, while a subscriber that stalls
-#: holds at most ~2,000 messages, so batches bound what it costs (32 MiB)
+#: of 20,000 small changes takes ~70 messages, and the ~2,000 messages a
+#: stalled subscriber may hold (see tests/test_floods.py) stay small
 BATCH_BYTES = 16 * 1024
 
 #: the states of a dispatcher (:attr:`DispatcherService.state`)
