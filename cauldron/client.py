@@ -265,7 +265,7 @@ class RemoteService:
         return RequestChannel(
             self._transport, self.dispatchAddress,
             f"service {self.name!r} at {self.dispatchAddress}", self._client.timeout,
-            serverKey=self.serverKey,
+            serverKey=self.serverKey, batched=True,
         )
 
     # -- setup and teardown

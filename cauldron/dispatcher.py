@@ -36,6 +36,7 @@ from cauldron.errors import (
     HookError,
     NotOwner,
     PermissionDenied,
+    ProtocolError,
     ReadOnly,
     ServiceUnavailable,
     UnknownKeyword,
@@ -44,6 +45,7 @@ from cauldron.errors import (
 )
 from cauldron.protocol import codec
 from cauldron.protocol.messages import (
+    Batch,
     Describe,
     Description,
     Error,
@@ -60,7 +62,13 @@ from cauldron.protocol.messages import (
     Value,
     Write,
 )
-from cauldron.serving import NO_REPLY, RateLimitedCounter, RateLimitedLog, answer
+from cauldron.serving import (
+    NO_REPLY,
+    RateLimitedCounter,
+    RateLimitedLog,
+    answer,
+    answerMessage,
+)
 from cauldron.transport import Curve, Transport, bindAddress
 
 __all__ = [
@@ -80,6 +88,8 @@ audit = Logger(namespace="cauldron.audit")
 MAX_QUEUED_WRITES = 100
 #: seconds between two answers to subscriptions of one keyword (floods coalesce)
 WELCOME_INTERVAL = 0.01
+#: the most bytes of replies one Batch reply holds (a message holds 1 MiB)
+BATCH_REPLY_BYTES = 512 * 1024
 #: the most (estimated) bytes of values one broadcast batch holds: a burst
 #: of 20,000 small changes takes ~70 messages, and the ~2,000 messages a
 #: stalled subscriber may hold (see tests/test_floods.py) stay small
@@ -627,6 +637,14 @@ class DispatcherService(service.Service):
         if not router.sendTo(identity, frames):
             self._droppedReplies(type(message).__name__)
 
+    def _encodedReply(self, message):
+        """One reply's payload for a Batch (an Error if the reply cannot be encoded)."""
+        payload, problem = _encoded(codec.encodePayload, message)
+        if payload is None:
+            payload = codec.encodePayload(
+                Error(message.id, "BadValue", f"cannot answer: {problem}"))
+        return payload
+
     def _valueReply(self, requestId, keyword):
         binary, ascii = readable(keyword)
         return Value(
@@ -801,12 +819,40 @@ class DispatcherService(service.Service):
     def _handlePing(self, request, peer):
         return Pong(request.id, self.name, self.epoch)
 
+    def _handleBatch(self, batch, peer):
+        """Answer each request of a Batch: those answered at once in one Batch, others later."""
+        ready, size = [], 0
+        for payload in batch.payloads:
+            try:
+                request = codec.decodeBatched(payload)
+            except ProtocolError as e:
+                self.malformed(str(e))
+                continue
+            reply = answerMessage(request, self._handlers, self, peer, self.malformed)
+            if isinstance(reply, defer.Deferred):
+                reply.addCallback(self._replyLater, peer)
+                reply.addErrback(self._replyFailed)
+            elif reply is not None:
+                encoded = self._encodedReply(reply)
+                if len(encoded) > BATCH_REPLY_BYTES:
+                    self._reply(peer, reply)  # a large value travels on its own
+                    continue
+                if size + len(encoded) > BATCH_REPLY_BYTES:
+                    self._reply(peer, Batch(ready))  # a Batch must fit in one message too
+                    ready, size = [], 0
+                ready.append(encoded)
+                size += len(encoded)
+        if not ready:
+            return NO_REPLY
+        return Batch(ready)
+
     _handlers = {
         Read: _handleRead,
         Write: _handleWrite,
         Describe: _handleDescribe,
         ListKeywords: _handleList,
         Ping: _handlePing,
+        Batch: _handleBatch,
     }
 
     def _readPath(self, keyword):
@@ -946,7 +992,8 @@ def _encoded(encode, message):
         frames = encode(message)
     except (ValueError, TypeError, OverflowError) as e:
         return None, f"the value cannot be encoded ({e})"
-    if len(frames[-1]) > codec.MAX_MESSAGE_SIZE:
+    size = len(frames) if isinstance(frames, bytes) else len(frames[-1])  # a payload, or frames
+    if size > codec.MAX_MESSAGE_SIZE:
         return None, f"the answer exceeds {codec.MAX_MESSAGE_SIZE} bytes"
     return frames, None
 

@@ -24,12 +24,14 @@ from cauldron.errors import (
     errorFromName,
 )
 from cauldron.protocol import codec
-from cauldron.protocol.messages import Error, Started
+from cauldron.protocol.messages import Batch, Error, Started
 from cauldron.transport import QueueFull
 
 __all__ = ["RequestChannel", "MAX_PENDING"]
 
 MAX_PENDING = 10000
+#: the most bytes of requests one Batch holds (a message holds 1 MiB)
+BATCH_BYTES = 256 * 1024
 
 log = Logger()
 
@@ -43,11 +45,19 @@ class RequestChannel:
         from the request's description and the timeout; defaults to
         :class:`CauldronTimeout`.
     :param serverKey: the peer's CURVE public key (secure mode only).
+    :param batched: whether the peer takes :class:`Batch` messages (a
+        dispatcher does): requests made while others are in flight then
+        go together at the end of the reactor turn.
     """
 
-    def __init__(self, transport, address, peer, timeout, onTimeout=None, serverKey=None):
+    def __init__(self, transport, address, peer, timeout, onTimeout=None, serverKey=None,
+                 batched=False):
         self.address = address
         self.serverKey = serverKey
+        self.batched = batched
+        self._outbox = []  # (id, payload) of requests waiting for the end of the turn
+        self._outboxBytes = 0
+        self._flushing = None  # the DelayedCall sending them
         self.peer = peer
         self.timeout = timeout
         self.malformed = 0
@@ -98,10 +108,14 @@ class RequestChannel:
         if len(frames[1]) > codec.MAX_MESSAGE_SIZE:
             raise BadValue(f"{what}: the request would take {len(frames[1])} bytes, "
                            f"more than the {codec.MAX_MESSAGE_SIZE} a message may hold")
-        try:
-            self._dealer.send(frames)
-        except QueueFull:
-            raise ServiceUnavailable(f"{what}: too many requests queued for {self.peer}") from None
+        if self.batched and self._pending and len(frames[1]) <= BATCH_BYTES:
+            self._enqueue(requestId, frames[1])
+        else:
+            try:
+                self._dealer.send(frames)
+            except QueueFull:
+                raise ServiceUnavailable(
+                    f"{what}: too many requests queued for {self.peer}") from None
         d = Deferred(canceller=lambda d: self._forget(requestId))
         deadline = self._reactor.seconds() + timeout
         self._pending[requestId] = [d, deadline, what, timeout, False]
@@ -109,6 +123,47 @@ class RequestChannel:
         if self._timer is None or deadline < self._timerAt:
             self._scheduleExpiry(deadline)
         return d
+
+    # -- batches: requests made while others are in flight go together
+
+    def _enqueue(self, requestId, payload):
+        if self._outboxBytes + len(payload) > BATCH_BYTES:
+            self._flush()
+        self._outbox.append((requestId, payload))
+        self._outboxBytes += len(payload)
+        if self._flushing is None:
+            self._flushing = self._reactor.callLater(0, self._flush)
+
+    def _flush(self):
+        """Send the requests waiting: one Batch (or the request alone, if only one)."""
+        if self._flushing is not None and self._flushing.active():
+            self._flushing.cancel()
+        self._flushing = None
+        # A request given up on (cancelled, failed) since it was made is not sent.
+        outbox = [(i, payload) for i, payload in self._outbox if i in self._pending]
+        self._outbox, self._outboxBytes = [], 0
+        if not outbox or self._dealer is None:
+            return
+        if len(outbox) == 1:
+            frames = [codec.VERSION, outbox[0][1]]
+        else:
+            frames = codec.encode(Batch([payload for _, payload in outbox]))
+        try:
+            self._dealer.send(frames)
+        except QueueFull:
+            # Never sent: they fail now, and can never take effect later.
+            for requestId, _ in outbox:
+                entry = self._pending.pop(requestId, None)
+                if entry is not None:
+                    entry[0].errback(ServiceUnavailable(
+                        f"{entry[2]}: too many requests queued for {self.peer}"))
+
+    def _dropOutbox(self):
+        """Forget the requests not sent yet (their callers are told otherwise)."""
+        if self._flushing is not None and self._flushing.active():
+            self._flushing.cancel()
+        self._flushing = None
+        self._outbox, self._outboxBytes = [], 0
 
     # -- deadlines: one timer for the earliest, not one DelayedCall per request
 
@@ -162,6 +217,17 @@ class RequestChannel:
         except ProtocolError:
             self.malformed += 1
             return
+        if isinstance(message, Batch):
+            for payload in message.payloads:
+                try:
+                    self._answered(codec.decodeBatched(payload))
+                except ProtocolError:
+                    self.malformed += 1
+            return
+        self._answered(message)
+
+    def _answered(self, message):
+        """A reply (or Started) to one of our requests; anything else is dropped."""
         requestId = getattr(message, "id", None)
         if isinstance(message, Started):
             entry = self._pending.get(requestId)
@@ -184,7 +250,8 @@ class RequestChannel:
             d.callback(message)
 
     def reset(self):
-        """Reopen the socket, discarding requests ZeroMQ still queues."""
+        """Reopen the socket, discarding requests ZeroMQ (or the next Batch) still queues."""
+        self._dropOutbox()
         if self._dealer is not None and not self._transport.closed:
             self._transport.close(self._dealer, discard=True)
             self._connect()
@@ -198,6 +265,7 @@ class RequestChannel:
         """
         pending, self._pending = self._pending, {}
         self._stopExpiry()
+        self._dropOutbox()
         if reconnect:
             self.reset()
         for entry in pending.values():
@@ -207,6 +275,7 @@ class RequestChannel:
         """Fail what is pending (cancelled by default) and close the socket."""
         pending, self._pending = self._pending, {}
         self._stopExpiry()
+        self._dropOutbox()
         for entry in pending.values():
             if error is None:
                 entry[0].cancel()

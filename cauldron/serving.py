@@ -7,7 +7,8 @@ from cauldron.errors import CauldronError, ProtocolError
 from cauldron.protocol import codec
 from cauldron.protocol.messages import Error
 
-__all__ = ["RateLimitedLog", "RateLimitedCounter", "errorReply", "answer", "NO_REPLY"]
+__all__ = ["RateLimitedLog", "RateLimitedCounter", "errorReply", "answer", "answerMessage",
+           "NO_REPLY"]
 
 log = Logger()
 
@@ -54,6 +55,11 @@ def answer(frames, handlers, server, peer, malformed, unexpected="HookError"):
     except ProtocolError as e:
         malformed(str(e))
         return None
+    return answerMessage(request, handlers, server, peer, malformed, unexpected)
+
+
+def answerMessage(request, handlers, server, peer, malformed, unexpected="HookError"):
+    """As :func:`answer`, for a request already decoded (one of a :class:`Batch`, say)."""
     handler = handlers.get(type(request))
     if handler is None:
         kind = type(request).__name__

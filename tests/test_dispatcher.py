@@ -13,6 +13,7 @@ from cauldron.dispatcher import DispatcherService
 from cauldron.errors import ProtocolError
 from cauldron.protocol import codec
 from cauldron.protocol.messages import (
+    Batch,
     Describe,
     Description,
     Heartbeat,
@@ -22,6 +23,7 @@ from cauldron.protocol.messages import (
     Ping,
     Pong,
     Read,
+    Started,
     Update,
     Updates,
     Value,
@@ -29,7 +31,7 @@ from cauldron.protocol.messages import (
 )
 from cauldron.transport import QueueFull, Transport
 
-SERVED = (Read, Write, Describe, ListKeywords, Ping)
+SERVED = (Read, Write, Describe, ListKeywords, Ping, Batch)
 
 
 class Listener:
@@ -649,3 +651,39 @@ class HostileInputTests(unittest.TestCase):
         self.assertEqual(dispatcher.malformed.count - before, expected)
         self.assertEqual((yield remote["TEMP"].read(binary=True)), 2.5)
         self.assertEqual(temp.value, 2.5)
+
+
+class BatchTests(unittest.TestCase):
+    """Several requests in one Batch: answered one by one, together where they can be."""
+
+    @defer.inlineCallbacks
+    def test_batchAnsweredTogetherInOrderSlowOnesAlone(self):
+        writes = []
+        slow = keywords.Integer("SLOW", initial=0, write=lambda v: writes.append(defer.Deferred())
+                                or writes[-1])
+        dispatcher = yield startDispatcher(self, [keywords.Double("TEMP", initial=2.5), slow])
+        transport = Transport(globalReactor)
+        self.addCleanup(transport.shutdown)
+        replies = []
+        raw = transport.dealer(lambda frames: replies.append(codec.decode(frames)))
+        raw.connect(dispatcher.dispatchAddress)
+        before = dispatcher.malformed.count
+        nested = codec.encodePayload(Batch([codec.encodePayload(Read(9, "TEMP", "demo"))]))
+        raw.send(codec.encode(Batch([
+            codec.encodePayload(Read(1, "TEMP", "demo")),
+            b"junk",
+            codec.encodePayload(Write(2, "SLOW", 5, "demo")),
+            nested,
+            codec.encodePayload(Read(3, "NOPE", "demo")),
+        ])))
+        yield eventually(lambda: writes and any(isinstance(r, Batch) for r in replies))
+        self.assertIn(Started(2), replies)  # the slow write said it started, on its own
+        [together] = [r for r in replies if isinstance(r, Batch)]
+        answers = [codec.decodeBatched(p) for p in together.payloads]
+        self.assertEqual([(type(a).__name__, a.id) for a in answers],
+                         [("Value", 1), ("Error", 3)])
+        self.assertEqual((answers[0].binary, answers[1].error), (2.5, "UnknownKeyword"))
+        self.assertEqual(dispatcher.malformed.count - before, 2)  # the junk, the nested Batch
+        writes[0].callback(None)
+        yield eventually(lambda: any(isinstance(r, Value) and r.id == 2 for r in replies))
+        self.assertEqual(slow.value, 5)

@@ -30,7 +30,8 @@ from twisted.trial import unittest
 from cauldron import errors, keywords
 from cauldron.client import ClientService, Subscription
 from cauldron.dispatcher import FENCED, SERVING, DispatcherService
-from cauldron.protocol.messages import Ping, Pong, Read, Write
+from cauldron.protocol import codec
+from cauldron.protocol.messages import Batch, Ping, Pong, Read, Value, Write
 from cauldron.requests import RequestChannel
 from cauldron.serving import RateLimitedLog
 from cauldron.transport import Transport, portOf
@@ -490,3 +491,50 @@ class AuditTests(unittest.TestCase):
         self.assertEqual(pos["origin"]["pid"], str(os.getpid()))
         self.assertIn("demo.POS written by 127.0.0.1 (host=", formatEvent(pos))
         self.assertNotIn("hunter2", formatEvent(code) + repr(code))
+
+
+class BatchedRequestTests(unittest.TestCase):
+    """Requests made while others are in flight go as one Batch, and never after a failure."""
+
+    def channel(self, peer):
+        transport = Transport(globalReactor)
+        self.addCleanup(transport.shutdown)
+        channel = RequestChannel(transport, peer.address, "the peer", 5.0, batched=True)
+        self.addCleanup(channel.close, errors.ServiceUnavailable("test over"))
+        return channel
+
+    @defer.inlineCallbacks
+    def test_requestsMadeMeanwhileGoTogether(self):
+        peer = FakePeer(self)
+        channel = self.channel(peer)
+        first = channel.request(lambda i: Ping(i), "first")
+        rest = [channel.request(lambda i: Read(i, "KW", "demo"), "read %d" % n) for n in range(5)]
+        yield eventually(lambda: len(peer.requests) == 2)
+        (who, ping), (_, batch) = peer.requests
+        self.assertIsInstance(ping, Ping)  # nothing in flight: sent at once, alone
+        self.assertIsInstance(batch, Batch)
+        reads = [codec.decodeBatched(p) for p in batch.payloads]
+        self.assertEqual([type(r) for r in reads], [Read] * 5)
+        peer.reply(who, Pong(ping.id, "fake", "e"))
+        peer.reply(who, Batch([codec.encodePayload(Value(r.id, "KW", 7, "7", 1, None, "e"))
+                               for r in reads]))
+        self.assertIsInstance((yield first), Pong)
+        values = yield defer.gatherResults(rest)
+        self.assertEqual([v.binary for v in values], [7] * 5)
+
+    @defer.inlineCallbacks
+    def test_requestsFailedBeforeTheBatchWentAreNeverSent(self):
+        """A write its caller was told had failed is not sent with the turn's Batch."""
+        peer = FakePeer(self)
+        channel = self.channel(peer)
+        first = channel.request(lambda i: Ping(i), "first")
+        first.addErrback(lambda f: f.trap(errors.ServiceUnavailable))
+        write = channel.request(lambda i: Write(i, "POS", 3, "demo"), "write POS")
+        channel.failAll(errors.ServiceUnavailable("the peer died"))
+        yield self.assertFailure(write, errors.ServiceUnavailable)
+        ping = channel.request(lambda i: Ping(i), "after")  # nothing in flight: alone
+        yield eventually(lambda: len(peer.requests) == 2)
+        self.assertEqual([type(m) for _, m in peer.requests], [Ping, Ping])
+        who, message = peer.requests[1]
+        peer.reply(who, Pong(message.id, "fake", "e"))
+        yield ping

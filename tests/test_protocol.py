@@ -56,6 +56,8 @@ def strategyForType(tp):
         return texts
     if tp is bool:
         return st.booleans()
+    if tp is bytes:
+        return st.binary(max_size=64)
     if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
         return strategyForStruct(tp)
     origin, args = typing.get_origin(tp), typing.get_args(tp)
@@ -419,6 +421,19 @@ def test_badKeywordValueNotConstructible(bad):
         M.Write(1, "KW", bad)
     with pytest.raises(ValueError):
         M.Update("svc", "KW", bad, "", 1, 1.0, "e")
+
+
+def test_batchCarriesWholeMessages():
+    """A Batch holds encoded messages; each decodes alone, and a Batch in a Batch is refused."""
+    reads = [M.Read(i, "KW", "svc", 1.5, "owner") for i in range(3)]
+    batch = M.Batch([codec.encodePayload(r) for r in reads])
+    decoded = codec.decode(codec.encode(batch))
+    assert [codec.decodeBatched(p) for p in decoded.payloads] == reads
+    with pytest.raises(ProtocolError, match="Batch inside a Batch"):
+        codec.decodeBatched(codec.encodePayload(batch))
+    for junk in (b"", b"\xc1", msgspec.msgpack.encode(["nonsense"])):
+        with pytest.raises(ProtocolError):
+            codec.decodeBatched(junk)
 
 
 def test_topics():

@@ -12,7 +12,7 @@ Topics end with a NUL byte, so a subscription to ``KW1`` never receives
 import msgspec
 
 from cauldron.errors import ProtocolError
-from cauldron.protocol.messages import Heartbeat, Message, Update, Updates
+from cauldron.protocol.messages import Batch, Heartbeat, Message, Update, Updates
 
 __all__ = [
     "VERSION",
@@ -21,6 +21,8 @@ __all__ = [
     "UPDATE_TOPIC_PREFIX",
     "encode",
     "decode",
+    "encodePayload",
+    "decodeBatched",
     "encodeBroadcast",
     "decodeBroadcast",
     "topicFor",
@@ -62,6 +64,19 @@ def decode(frames):
         raise ProtocolError(f"expected 2 frames, got {len(frames)}")
     version, payload = frames
     return _decodePayload(version, payload)
+
+
+def encodePayload(message):
+    """One message's payload alone, as a :class:`Batch` carries it."""
+    return _encoder.encode(message)
+
+
+def decodeBatched(payload):
+    """The message of one payload of a :class:`Batch`; a Batch in a Batch is a ProtocolError."""
+    message = _decodePayload(VERSION, payload)
+    if isinstance(message, Batch):
+        raise ProtocolError("a Batch inside a Batch")
+    return message
 
 
 def encodeBroadcast(message):

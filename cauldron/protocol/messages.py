@@ -36,7 +36,7 @@ import msgspec
 
 __all__ = [
     "Read", "Write", "Describe", "ListKeywords", "Ping",
-    "Value", "Description", "KeywordList", "Pong", "Error", "Ok", "Started",
+    "Value", "Description", "KeywordList", "Pong", "Error", "Ok", "Started", "Batch",
     "Update", "UpdateEntry", "Updates", "Heartbeat",
     "Lease", "Register", "Renew", "Release", "Locate", "ListServices",
     "Leased", "Location", "ServiceEntry", "ServiceList",
@@ -205,6 +205,19 @@ class Started(_Message, tag="started"):
     """
 
     id: int
+
+
+class Batch(_Message, tag="batch"):
+    """Several requests to a dispatcher, or their replies, in one message.
+
+    Each payload is one encoded message (never another Batch).  A client
+    sends the requests it makes in one reactor turn while others are in
+    flight as one Batch; the dispatcher answers in one Batch those it can
+    answer at once, and the others on their own when they complete.  Every
+    request keeps its own id, deadline and reply.
+    """
+
+    payloads: list[bytes]
 
 
 # -- dispatcher -> subscribers --------------------------------------------
@@ -415,6 +428,7 @@ Message = (
     | Error
     | Ok
     | Started
+    | Batch
     | Update
     | Updates
     | Heartbeat
