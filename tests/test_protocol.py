@@ -367,7 +367,8 @@ def test_wrongBroadcastFrameCount(count):
         codec.decodeBroadcast(frames)
 
 
-@pytest.mark.parametrize("version", [b"", b"CLD0", b"CLD2", b"cld1", b"CLD1\x00", b"X" * 1000])
+@pytest.mark.parametrize("version", [b"", b"CLD0", b"CLD1", b"CLD3", b"cld2", b"CLD2\x00",
+                                     b"X" * 1000])
 def test_wrongVersion(version):
     with pytest.raises(ProtocolError, match="version"):
         codec.decode([version, PING[1]])

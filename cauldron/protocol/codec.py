@@ -29,7 +29,10 @@ __all__ = [
     "keywordOfTopic",
 ]
 
-VERSION = b"CLD1"
+#: the protocol version, the first frame of every message.  CLD2 added Batch,
+#: Updates and Update.welcome: a CLD1 peer would misread them, so it is told
+#: plainly ("unsupported protocol version") instead.
+VERSION = b"CLD2"
 MAX_MESSAGE_SIZE = 1024 * 1024
 UPDATE_TOPIC_PREFIX = b"K"
 HEARTBEAT_TOPIC = b"H\x00"
