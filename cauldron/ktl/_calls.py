@@ -51,10 +51,13 @@ _exiting = False  # the main thread has ended: the interpreter is exiting
 # -- running things in the reactor thread ------------------------------------
 
 
-def _reactor():
-    from twisted.internet import reactor
+#: the reactor every ktl call runs on, chosen once by _setup()
+_theReactor = None
 
-    return reactor
+
+def _reactor():
+    """The reactor ktl runs on (every caller comes after _setup(), through _start())."""
+    return _theReactor
 
 
 class _ReactorGone(Exception):
@@ -140,13 +143,20 @@ class _Call:
             pass
 
 
-def _setup():
-    """Start crochet's reactor thread (once) and hook its shutdown."""
-    global _setupDone
+def _setup(reactor=None):
+    """Start crochet's reactor thread (once) and hook its shutdown.
+
+    ``reactor`` defaults, as the services' ``reactor=None`` does, to
+    Twisted's global reactor: the only one crochet can run in a thread.
+    """
+    global _setupDone, _theReactor
     crochet.setup()
     with _callLock:
         if _setupDone:
             return
+        if reactor is None:
+            from twisted.internet import reactor
+        _theReactor = reactor
         _setupDone = True
     # Registered after crochet's own hook, so it runs first (they run in
     # reverse order): the flag is set before the reactor is told to stop.
