@@ -8,15 +8,13 @@ applied or not, in a trie until the connection ends, and walks that whole
 trie whenever any connection ends.  See the class docstring for how.
 """
 
-import itertools
 import os
 import socket as stdsocket
-import struct
 
 import zmq
 from twisted.logger import Logger
 
-from cauldron.transport.sockets import READ_BATCH, _Connection, portOf
+from cauldron.transport.sockets import READ_BATCH, _Connection, _SocketMonitor, portOf
 
 __all__ = ["PublisherConnection", "MAX_SUBSCRIPTION_BYTES", "MAX_REFUSED_TOPICS"]
 
@@ -55,9 +53,6 @@ _POLLIN = int(zmq.POLLIN)
 _OPENED = int(zmq.EVENT_ACCEPTED | zmq.EVENT_CONNECTED)
 _CLOSED = int(zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED)
 _MONITOR_EVENTS = _OPENED | _CLOSED
-_monitorIds = itertools.count()
-
-
 class _ProblemLog:
     """Counts what peers did wrong, by kind, and logs it at most once per PROBLEM_LOG_SECONDS.
 
@@ -114,21 +109,11 @@ class _Peer:
         self.cut = False
 
 
-class _MonitorConnection(_Connection):
-    """The PAIR end of a publisher's socket monitor: its connection events, read by the reactor.
+class _MonitorConnection(_SocketMonitor):
+    """A publisher's monitor: its connections opening and closing (one event each)."""
 
-    libzmq's I/O thread sends the events blocking, holding a lock the
-    publisher needs to stop monitoring or to close: the queue is unbounded
-    (an event per connection opened or closed), and monitoring stops before
-    this end closes, whichever is closed first.
-    """
-
-    socketType = zmq.PAIR
-    highWaterMark = 0
-
-    def __init__(self, factory, publisher):
-        self._publisher = publisher
-        super().__init__(factory, publisher._monitorEvent)
+    def _report(self, event, value, endpoint):
+        self._owner._monitorEvent(event, value)
 
     def drain(self):
         """Handle the events queued now (a bounded number, should they keep coming)."""
@@ -136,11 +121,6 @@ class _MonitorConnection(_Connection):
             if self.closed or not self.socket.getsockopt(_EVENTS) & _POLLIN:
                 return
             self._readBatch()
-
-    def shutdown(self):
-        if not self.closed:
-            self._publisher._stopMonitoring()
-        super().shutdown()
 
 
 class PublisherConnection(_Connection):
@@ -178,18 +158,12 @@ class PublisherConnection(_Connection):
         self._connectedPorts = set()
         self._inMessage = False
         self._tainted = False
-        self._monitor = None
-        self._monitoring = False
         #: subscriptions refused, and connections cut, so far
         self.refused = 0
         self.cuts = 0
         self._problems = _ProblemLog("broadcast socket", factory.reactor)
         super().__init__(factory, None)
-        address = f"inproc://cauldron-publisher-monitor-{next(_monitorIds)}"
-        self.socket.monitor(address, _MONITOR_EVENTS)
-        self._monitoring = True
-        self._monitor = _MonitorConnection(factory, self)
-        self._monitor.connect(address)
+        self._monitorWith("publisher", _MONITOR_EVENTS, _MonitorConnection)
 
     def _configure(self, socket):
         socket.set(zmq.XPUB_MANUAL, 1)
@@ -417,10 +391,8 @@ class PublisherConnection(_Connection):
         if self._monitor is not None:
             self._monitor.drain()
 
-    def _monitorEvent(self, frames):
-        if len(frames) != 2 or len(frames[0]) != 6:
-            return
-        event, fd = struct.unpack("=Hi", frames[0])
+    def _monitorEvent(self, event, fd):
+        """A connection opened or closed (libzmq reports its file descriptor)."""
         if event & _OPENED:
             self._forget(fd)  # a stale entry: the close was not reported
             self._peers[fd] = _Peer(fd)
@@ -432,18 +404,10 @@ class PublisherConnection(_Connection):
         if peer is not None:
             self._release(peer)
 
-    def _stopMonitoring(self):
-        if self._monitoring and not self.closed:
-            self._monitoring = False
-            self.socket.disable_monitor()
-
     def shutdown(self):
         if self.closed:
             return
-        self._stopMonitoring()
-        monitor, self._monitor = self._monitor, None
-        if monitor is not None:
-            monitor.shutdown()
+        self._closeMonitor()
         self._peers.clear()
         self._problems.stop()
         super().shutdown()

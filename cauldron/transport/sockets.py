@@ -135,6 +135,8 @@ class _Connection(ZmqConnection):
         # txZMQ's constructor registers the reader and calls doRead(): our
         # state must exist before it runs (txZMQ #79).
         self._onMessage = onMessage
+        self._monitor = None  # the _SocketMonitor reading this socket's events, if any
+        self._monitoring = False
         self._reading = False
         self._curve = None
         self._serverKey = None
@@ -153,6 +155,26 @@ class _Connection(ZmqConnection):
 
     def _configure(self, socket):
         """Socket-type specific options, set before any bind or connect."""
+
+    def _monitorWith(self, kind, events, monitorClass):
+        """Have libzmq report ``events`` of this socket to a ``monitorClass`` it reads."""
+        address = f"inproc://cauldron-{kind}-monitor-{next(_monitorIds)}"
+        self.socket.monitor(address, events)
+        self._monitoring = True
+        self._monitor = monitorClass(self.factory, self)
+        self._monitor.connect(address)
+
+    def _stopMonitoring(self):
+        if self._monitoring and not self.closed:
+            self._monitoring = False
+            self.socket.disable_monitor()
+
+    def _closeMonitor(self):
+        """Stop the reports, then close the monitor's socket (the order libzmq needs)."""
+        self._stopMonitoring()
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:
+            monitor.shutdown()
 
     def useCurve(self, curve, serverKey=None, refusals=None):
         """Secure this socket with ``curve``'s key pair (before any bind or connect).
@@ -310,31 +332,42 @@ def _clientOptions(socket, curve, serverKey):
     socket.set(zmq.CURVE_SECRETKEY, curve.secretKey)
 
 
-class _HandshakeMonitor(_Connection):
-    """The PAIR end of a secure server socket's monitor: counts failed handshakes.
+class _SocketMonitor(_Connection):
+    """The PAIR end of a socket's monitor: the events libzmq reports, read by the reactor.
 
-    libzmq's I/O thread sends events blocking: the queue is unbounded and
+    libzmq's I/O thread sends the events blocking, holding a lock its socket
+    needs to stop monitoring or to close: the queue is unbounded, and
     monitoring stops before this end closes, whichever is closed first.
     """
 
     socketType = zmq.PAIR
     highWaterMark = 0
 
-    def __init__(self, factory, server):
-        self._server = server
+    def __init__(self, factory, owner):
+        self._owner = owner
         super().__init__(factory, self._event)
 
     def _event(self, frames):
-        if len(frames) != 2 or len(frames[0]) != 6:
-            return
-        event, value = struct.unpack("=Hi", frames[0])
-        if event & _HANDSHAKE_FAILED:
-            self._server._handshakeFailed(event, value, frames[1])
+        """One ``[event, endpoint]`` report; anything else is ignored."""
+        if len(frames) == 2 and len(frames[0]) == 6:
+            event, value = struct.unpack("=Hi", frames[0])
+            self._report(event, value, frames[1])
+
+    def _report(self, event, value, endpoint):
+        """Subclasses hand the event to their owner."""
 
     def shutdown(self):
         if not self.closed:
-            self._server._stopMonitoring()
+            self._owner._stopMonitoring()
         super().shutdown()
+
+
+class _HandshakeMonitor(_SocketMonitor):
+    """A secure server socket's monitor: counts failed handshakes."""
+
+    def _report(self, event, value, endpoint):
+        if event & _HANDSHAKE_FAILED:
+            self._owner._handshakeFailed(event, value, endpoint)
 
 
 def _failure(event, value):
@@ -388,8 +421,6 @@ class RouterConnection(_Connection):
     socketType = zmq.ROUTER
 
     def __init__(self, factory, onMessage):
-        self._monitor = None
-        self._monitoring = False
         #: handshakes of peers that failed (secure mode: wrong mechanism, key...)
         self.handshakeFailures = 0
         super().__init__(factory, onMessage)
@@ -405,16 +436,7 @@ class RouterConnection(_Connection):
 
     def _startMonitoring(self):
         """Hear of failed handshakes: a peer without an allowed key never says more."""
-        address = f"inproc://cauldron-handshake-monitor-{next(_monitorIds)}"
-        self.socket.monitor(address, _HANDSHAKE_FAILED)
-        self._monitoring = True
-        self._monitor = _HandshakeMonitor(self.factory, self)
-        self._monitor.connect(address)
-
-    def _stopMonitoring(self):
-        if self._monitoring and not self.closed:
-            self._monitoring = False
-            self.socket.disable_monitor()
+        self._monitorWith("handshake", _HANDSHAKE_FAILED, _HandshakeMonitor)
 
     def _handshakeFailed(self, event, value, endpoint):
         self.handshakeFailures += 1
@@ -426,10 +448,7 @@ class RouterConnection(_Connection):
     def shutdown(self):
         if self.closed:
             return
-        self._stopMonitoring()
-        monitor, self._monitor = self._monitor, None
-        if monitor is not None:
-            monitor.shutdown()
+        self._closeMonitor()
         super().shutdown()
 
     def _receiveFirst(self, socket):
