@@ -446,10 +446,8 @@ class DispatcherService(service.Service):
         """
         if flush:
             self._flush()
-        self._outbox.clear()
-        if self._flushing is not None:
-            self._flushing.cancel()
-            self._flushing = None
+        else:
+            self._takeOutbox()  # dropped: a fenced dispatcher broadcasts nothing more
         for loop in self._periods.values():
             if loop.running:
                 loop.stop()
@@ -512,12 +510,16 @@ class DispatcherService(service.Service):
 
     def _flush(self):
         """Broadcast every change still waiting, keyword by keyword, in order."""
+        for name, entries in self._takeOutbox().items():
+            self._sendEntries(name, entries)
+
+    def _takeOutbox(self):
+        """The changes waiting to be broadcast, which no longer wait (no timer left)."""
         if self._flushing is not None and self._flushing.active():
             self._flushing.cancel()
         self._flushing = None
         outbox, self._outbox = self._outbox, {}
-        for name, entries in outbox.items():
-            self._sendEntries(name, entries)
+        return outbox
 
     def _flushKeyword(self, name):
         """Broadcast the changes of one keyword still waiting (before its welcome)."""

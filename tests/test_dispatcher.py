@@ -557,6 +557,23 @@ class BroadcastTests(unittest.TestCase):
                             <= dispatcher_module.BATCH_BYTES for b in listener.batches()))
 
     @defer.inlineCallbacks
+    def test_changesJustBeforeStopStillGoOutButNotAfterFencing(self):
+        """stopService broadcasts what waited for the end of the turn; fence drops it."""
+        count = keywords.Integer("COUNT", initial=0)
+        dispatcher = yield startDispatcher(self, [count], heartbeatInterval=0.05)
+        listener = Listener(self, dispatcher, [codec.topicFor("COUNT")])
+        yield listener.ready()
+        count.set(1)
+        count.set(2)
+        yield dispatcher.stopService()
+        yield eventually(lambda: [u.binary for u in listener.updates("COUNT")] == [1, 2])
+        dispatcher.startService()
+        yield dispatcher.whenReady()
+        count.set(3)
+        dispatcher.fence(errors.LeaseConflict("taken", detail={"host": "elsewhere"}))
+        self.assertEqual((dispatcher._outbox, dispatcher._flushing), ({}, None))
+
+    @defer.inlineCallbacks
     def test_welcomeNeverOvertakesWaitingChanges(self):
         """A new subscription's answer goes out after the changes made before it."""
         count = keywords.Integer("COUNT", initial=0)

@@ -292,6 +292,7 @@ def test_keywords_compute_and_compare_as_their_values(svc):
 
 def test_history_keeps_the_newest_values_with_their_times(svc, dispatcher):
     kw = svc["COUNT"]
+    assert kw.history.length == 16  # unless told otherwise
     kw.history.length = 3
     seen = collector(kw)
     kw.monitor()
@@ -372,6 +373,9 @@ def test_wait_for_a_write_started_without_waiting(svc):
 
 def test_heartbeat_loss_and_recovery(svc, dispatcher):
     """A heartbeat keyword gone quiet marks the service dead; its return, alive again."""
+    for bad in (0, -1, True, "5"):
+        with pytest.raises(ValueError):
+            svc.heartbeat("HB", bad)
     dispatcher.beat(True)
     svc.heartbeat("HB", HEARTBEAT_PERIOD)
     other = svc["V7"]
