@@ -179,6 +179,8 @@ class _Factory(ZmqFactory):
     def _safetyPoll(self):
         self._poll = self.reactor.callLater(SAFETY_POLL_SECONDS, self._safetyPoll)
         for connection in list(self.connections):
+            if connection.socket is None or getattr(connection, "closed", False):
+                continue  # shut down by a socket read before it in this same poll
             try:
                 connection.doRead()
             except Exception:
