@@ -116,7 +116,8 @@ def makeParser():
     )
     describe.add_argument("keywords", nargs="*", metavar="KW")
 
-    commands.add_parser("services", parents=[common], help="list what the router knows")
+    commands.add_parser("services", parents=[common],
+                        help="list each dispatcher of each service the router knows")
     commands.add_parser("demo", parents=[common], help="run a router and a demo dispatcher")
     _addKeysParser(commands, common)
     _addKtlParser(commands)
@@ -310,7 +311,7 @@ async def _monitor(reactor, args, printer):
                 done.callback(None)
 
         # At 3 a.m. a silent monitor must say why it is silent.
-        session.remote.addStateCallback(_reportLiveness)
+        session.remote.addStateCallback(_livenessReporter(session.remote))
         for kw in remotes:
             subscription = kw.monitor(show, prime=True)
             if isinstance(subscription, defer.Deferred):
@@ -326,14 +327,24 @@ async def _monitor(reactor, args, printer):
     return EXIT_OK
 
 
-def _reportLiveness(remote):
-    if remote.connected:
-        message = "service %r answers again" % (remote.name,)
-    else:
-        message = "service %r stopped answering (no heartbeat for %g s); waiting for it" % (
-            remote.name, 3 * remote.heartbeatInterval)
-    sys.stderr.write("cauldron: %s\n" % (message,))
-    sys.stderr.flush()
+def _livenessReporter(remote):
+    """A state callback saying which dispatcher of the service stopped or resumed answering."""
+    shown = {name: d.connected for name, d in remote.dispatchers.items()}
+
+    def report(remote):
+        for name, dispatcher in sorted(remote.dispatchers.items()):
+            if shown.get(name, True) == dispatcher.connected:
+                continue
+            shown[name] = dispatcher.connected
+            if dispatcher.connected:
+                message = "%s answers again" % (dispatcher,)
+            else:
+                message = "%s stopped answering (no heartbeat for %g s); waiting for it" % (
+                    dispatcher, 3 * dispatcher.heartbeatInterval)
+            sys.stderr.write("cauldron: %s\n" % (message,))
+        sys.stderr.flush()
+
+    return report
 
 
 async def _describe(reactor, args, printer):
@@ -341,6 +352,10 @@ async def _describe(reactor, args, printer):
         names = [session.keyword(name).name for name in args.keywords] or None
         infos = await session.guard(session.remote.describe(names), "describe")
         rows = [_describeRow(info) for info in infos]
+        if len(session.remote.dispatchers) > 1:
+            # Which dispatcher answers for each keyword, after its name.
+            rows = [row[:1] + [info.get("dispatcher", "?")] + row[1:]
+                    for row, info in zip(rows, infos, strict=True)]
         for line in _columns(rows):
             printer.line(line)
     return EXIT_OK
@@ -362,8 +377,9 @@ async def _services(reactor, args, printer):
         locator.close()
         transport.shutdown()
     rows = [
-        (entry.service, entry.host, str(entry.dispatchPort), str(entry.broadcastPort),
-         "%.1fs" % (entry.age,))
+        (entry.service, entry.dispatcher or entry.service, entry.host, str(entry.dispatchPort),
+         str(entry.broadcastPort), "%.1fs" % (entry.age,),
+         "%d keyword%s" % (entry.keywords, "" if entry.keywords == 1 else "s"))
         for entry in reply.services
     ]
     for line in _columns(rows):

@@ -12,6 +12,12 @@ newer change in order; a gap in the per-keyword sequence numbers, a
 heartbeat announcing a newer sequence or a lost heartbeat triggers a
 re-read.  A dispatcher silent for three heartbeats is reported disconnected;
 when it is heard again its monitors are primed again.
+
+A service may span several dispatchers, each owning some of its keywords
+(:class:`RemoteDispatcher`): every request goes straight to the keyword's
+own dispatcher, and one dispatcher's silence makes only its own keywords
+fail fast.  Dispatchers that join a service later are found within
+:data:`DISCOVERY_INTERVAL` seconds.
 """
 
 import getpass
@@ -55,7 +61,8 @@ from cauldron.routerlink import WILDCARD_HOSTS, Where
 from cauldron.serving import RateLimitedCounter, RateLimitedLog
 from cauldron.transport import Curve, Transport, bindAddress
 
-__all__ = ["ClientService", "RemoteService", "RemoteKeyword", "KeywordValue", "Subscription"]
+__all__ = ["ClientService", "RemoteService", "RemoteDispatcher", "RemoteKeyword", "KeywordValue",
+           "Subscription"]
 
 log = Logger()
 
@@ -70,6 +77,8 @@ MIN_CHECK_PERIOD = 0.01
 CLOCK_SAMPLES = 8
 #: seconds between two questions to the router while it still names a refusing owner
 RELOCATE_RETRY = 0.05
+#: seconds between two questions to the router for dispatchers that joined a service
+DISCOVERY_INTERVAL = 2.0
 
 KeywordValue = namedtuple("KeywordValue", "name binary ascii sequence timestamp epoch missed",
                           defaults=(0,))
@@ -148,18 +157,19 @@ class ClientService(service.Service):
         return mine
 
     def _locate(self, name):
-        """The :class:`~cauldron.routerlink.Where` of service ``name``."""
+        """A list of :class:`~cauldron.routerlink.Where`: each dispatcher of service ``name``."""
         if self._locator is not None:
             return self._locator.locate(name)
         protocol, host = self.config.get("zmq", "protocol"), self.config.get("zmq", "host")
         if host in WILDCARD_HOSTS:
             host = "localhost"  # a dispatcher bound on every interface answers here too
-        return defer.maybeDeferred(lambda: Where(
+        return defer.maybeDeferred(lambda: [Where(
             bindAddress(protocol, host, self.config.get("zmq", "dispatch-port")),
             bindAddress(protocol, host, self.config.get("zmq", "broadcast-port")),
             "",
             self._directKey(name),
-        ))
+            name,
+        )])
 
     def _directKey(self, name):
         """Without a router, a dispatcher's key is ``dispatcher-keys/SERVICE.key`` (secure mode)."""
@@ -173,8 +183,8 @@ class ClientService(service.Service):
                               "of the service's dispatcher")
         return key
 
-    def _connectService(self, where, name):
-        remote = RemoteService(self, name, *where)
+    def _connectService(self, wheres, name):
+        remote = RemoteService(self, name, wheres)
         self._loading.add(remote)
         d = remote.load()
         d.addErrback(_closeAndFail, remote)
@@ -221,91 +231,62 @@ def _closeAndFail(failure, remote):
 
 
 class RemoteService:
-    """A service as seen from a client: its keywords and its liveness.
+    """A service as seen from a client: its keywords, from every dispatcher serving them.
 
-    :ivar connected: False while the dispatcher misses its heartbeats.
-    :ivar epoch: identifies the dispatcher's current run; a restart changes it.
-    :ivar owner: the run the router named (requests carry it; "" without a router).
+    A service may span several dispatchers (each owns some of its keywords);
+    requests for a keyword go straight to the dispatcher owning it, and each
+    dispatcher's liveness is followed on its own (:attr:`dispatchers`).
+
+    :ivar name: the service's name.
     """
 
-    def __init__(self, client, name, dispatchAddress, broadcastAddress, owner="",
-                 serverKey=None, wallClock=time.time):
+    def __init__(self, client, name, wheres, wallClock=time.time):
         self.name = name
-        self.dispatchAddress = dispatchAddress
-        self.broadcastAddress = broadcastAddress
-        self.owner = owner
-        #: the dispatcher's CURVE public key (secure mode)
-        self.serverKey = serverKey
-        self.connected = False
-        self.epoch = None
-        self.heartbeatInterval = DEFAULT_HEARTBEAT
         self._client = client
         self._reactor = client.reactor
         self._wallClock = wallClock
+        self._transport = client._transport
         self._keywords = {}
-        self._staleEpochs = deque(maxlen=16)  # recent runs whose late messages we drop
-        self._lastBeat = None
-        self._clockOffsets = deque(maxlen=CLOCK_SAMPLES)
-        self._clockEpoch = None
-        self.malformed = RateLimitedCounter(f"malformed broadcasts from {name}", client.reactor)
-        self._notices = RateLimitedLog(client.reactor, burst=5)
+        self._dispatchers = {}
         self._stateCallbacks = []
-        self._lastHeard = self._reactor.seconds()
+        self._notices = RateLimitedLog(client.reactor, burst=5)
         self._closed = False
-        self._relocating = None
-        self._watchdog = None
-        transport = client._transport
-        self._transport = transport
-        self._channel = self._newChannel()
-        self._subscriber = transport.subscriber(self._received, serverKey)
-        self._subscriber.connect(broadcastAddress)
-        self._subscriber.subscribe(codec.HEARTBEAT_TOPIC)
+        self._discovering = None
+        self._discovery = None
+        for where in wheres:
+            self._addDispatcher(where)
 
-    def _newChannel(self):
-        return RequestChannel(
-            self._transport, self.dispatchAddress,
-            f"service {self.name!r} at {self.dispatchAddress}", self._client.timeout,
-            serverKey=self.serverKey, batched=True,
-        )
+    def _addDispatcher(self, where):
+        dispatcher = RemoteDispatcher(self, where)
+        self._dispatchers[dispatcher.name] = dispatcher
+        for name in where.keywords:
+            if name not in self._keywords:
+                self._keywords[name] = RemoteKeyword(dispatcher, {"name": name})
+        return dispatcher
 
     # -- setup and teardown
 
     def load(self):
-        """Describe every keyword; fires with self once known."""
-        d = self.request(lambda i, dl, o: Describe(i, None, self.name, dl, o), "describe")
-        d.addErrback(self._describeInParts)
-        d.addCallback(self._described)
+        """Describe every dispatcher's keywords; fires with self once known.
+
+        A dispatcher that does not answer does not keep the others' keywords
+        from use: its keywords (named by the router) fail fast until it is
+        heard again and described.  Only when none answers does loading fail.
+        """
+        dispatchers = list(self._dispatchers.values())
+        d = defer.DeferredList([dispatcher.load() for dispatcher in dispatchers],
+                               consumeErrors=True)
+        d.addCallback(self._loaded, dispatchers)
         return d
 
-    @defer.inlineCallbacks
-    def _describeInParts(self, failure):
-        """A service too large to describe in one message is described in parts."""
-        failure.trap(BadValue)
-        listing = yield self.request(lambda i, dl, o: ListKeywords(i, self.name, dl, o), "list")
-        if not listing.names:
-            return failure
-        keywords = []
-        for start in range(0, len(listing.names), DESCRIBE_CHUNK):
-            names = listing.names[start:start + DESCRIBE_CHUNK]
-            part = yield self.request(
-                lambda i, dl, o, n=names: Describe(i, n, self.name, dl, o), "describe")
-            keywords.extend(part.keywords)
-        return Description(part.id, part.service, part.epoch, keywords, part.heartbeat, part.now)
-
-    def _described(self, description):
-        if description.service != self.name:
-            raise UnknownService(
-                f"no service {self.name!r} at {self.dispatchAddress} "
-                f"(the dispatcher there serves {description.service!r})"
-            )
-        self._noteEpoch(description.epoch)
-        self._noteClock(description.epoch, description.now)
-        self._setHeartbeatInterval(description.heartbeat)
-        for info in description.keywords:
-            keyword = RemoteKeyword(self, info)
-            self._keywords[keyword.name] = keyword
-        self._heard()
-        self._scheduleWatchdog()
+    def _loaded(self, results, dispatchers):
+        failures = [result for ok, result in results if not ok]
+        if len(failures) == len(results):
+            return failures[0]
+        for dispatcher, (ok, failure) in zip(dispatchers, results, strict=True):
+            if not ok:
+                dispatcher._loadFailed(failure)
+        self._scheduleDiscovery()
         return self
 
     def close(self):
@@ -313,13 +294,118 @@ class RemoteService:
         if self._closed:
             return
         self._closed = True
-        self._cancelWatchdog()
+        if self._discovery is not None and self._discovery.active():
+            self._discovery.cancel()
+        if self._discovering is not None:
+            self._discovering.cancel()
         for keyword in self._keywords.values():
             keyword._close()
-        self._channel.close()
-        self._transport.close(self._subscriber)
-        self.malformed.stop()
+        for dispatcher in self._dispatchers.values():
+            dispatcher._close()
         self._notices.stop()
+
+    # -- dispatchers
+
+    @property
+    def dispatchers(self):
+        """The :class:`RemoteDispatcher` of each dispatcher serving the service, by name."""
+        return dict(self._dispatchers)
+
+    @property
+    def primary(self):
+        """The dispatcher named after the service, else the first by name.
+
+        The one a single-dispatcher service has; :attr:`epoch`, :attr:`owner`
+        and the addresses are its.
+        """
+        dispatcher = self._dispatchers.get(self.name)
+        if dispatcher is None:
+            dispatcher = self._dispatchers[min(self._dispatchers)]
+        return dispatcher
+
+    @property
+    def connected(self):
+        """True while every dispatcher of the service is heard (see :attr:`lost`)."""
+        return all(d.connected for d in self._dispatchers.values())
+
+    @property
+    def lost(self):
+        """The names of the dispatchers that missed their heartbeats, sorted."""
+        return sorted(name for name, d in self._dispatchers.items() if not d.connected)
+
+    @property
+    def epoch(self):
+        return self.primary.epoch
+
+    @property
+    def owner(self):
+        return self.primary.owner
+
+    @property
+    def heartbeatInterval(self):
+        return self.primary.heartbeatInterval
+
+    @property
+    def dispatchAddress(self):
+        return self.primary.dispatchAddress
+
+    @property
+    def broadcastAddress(self):
+        return self.primary.broadcastAddress
+
+    @property
+    def serverKey(self):
+        return self.primary.serverKey
+
+    def request(self, makeMessage, what, timeout=None):
+        """Send a request to the primary dispatcher (see :meth:`RemoteDispatcher.request`)."""
+        return self.primary.request(makeMessage, what, timeout)
+
+    def _scheduleDiscovery(self):
+        """Ask the router, now and then, whether another dispatcher joined the service."""
+        if self._client._locator is None or self._closed:
+            return
+        self._discovery = self._reactor.callLater(DISCOVERY_INTERVAL, self._discover)
+
+    def _discover(self):
+        self._discovery = None
+        if self._closed:
+            return
+        d = self._discovering = self._client._locator.locate(self.name)
+        d.addCallback(self._discovered)
+        d.addErrback(lambda f: f.trap(CauldronError, defer.CancelledError) and None)
+        d.addErrback(lambda f: log.failure("looking for dispatchers of {name} failed", f,
+                                           name=self.name))
+
+        def done(_):
+            self._discovering = None
+            self._scheduleDiscovery()
+
+        d.addBoth(done)
+
+    def _discovered(self, wheres):
+        """New dispatchers are described and their keywords added; moved ones followed."""
+        for where in wheres:
+            dispatcher = self._dispatchers.get(where.dispatcher)
+            if dispatcher is None:
+                dispatcher = self._addDispatcher(where)
+                self._notices("service {name}: dispatcher {d} joined with {n} keywords",
+                              level=LogLevel.info, name=self.name, d=dispatcher.name,
+                              n=len(where.keywords))
+                dispatcher.load().addErrback(dispatcher._loadFailed)
+            else:
+                dispatcher._moveTo(where)
+                if not set(where.keywords) <= set(dispatcher.keywords()):
+                    dispatcher.load().addErrback(dispatcher._loadFailed)
+
+    def _described(self, dispatcher, infos):
+        """Keywords a dispatcher described: new ones added, known ones updated."""
+        for info in infos:
+            keyword = self._keywords.get(info["name"])
+            if keyword is None:
+                self._keywords[info["name"]] = RemoteKeyword(dispatcher, info)
+            else:
+                keyword._redescribed(dispatcher, info)
 
     # -- keywords
 
@@ -342,11 +428,206 @@ class RemoteService:
         return iter(self[name] for name in self.keywords())
 
     def describe(self, names=None):
-        """Fresh metadata and values: a Deferred firing with a list of dicts."""
-        names = None if names is None else [self[n].name for n in names]
-        d = self.request(lambda i, dl, o: Describe(i, names, self.name, dl, o), "describe")
-        d.addCallback(lambda description: description.keywords)
+        """Fresh metadata and values: a Deferred firing with a list of dicts.
+
+        Each dict names its keyword's dispatcher (``"dispatcher"``).  Keywords
+        of a dispatcher that does not answer make the whole call fail.
+        """
+        keywords = [self[n] for n in (self.keywords() if names is None else names)]
+        keywords = list({kw.name: kw for kw in keywords}.values())  # each once
+        byDispatcher = {}
+        for keyword in keywords:
+            byDispatcher.setdefault(keyword.dispatcher, []).append(keyword.name)
+        if names is None:
+            byDispatcher = {d: None for d in self._dispatchers.values()}
+        calls = [dispatcher.describe(wanted) for dispatcher, wanted in byDispatcher.items()]
+        d = defer.gatherResults(calls, consumeErrors=True)
+        d.addErrback(lambda f: f.value.subFailure)
+
+        def merged(parts):
+            infos = {info["name"]: info for part in parts for info in part}
+            order = [k.name for k in keywords] if names is not None else sorted(infos)
+            return [infos[name] for name in order if name in infos]
+
+        return d.addCallback(merged)
+
+    # -- liveness
+
+    def addStateCallback(self, callback):
+        """Call ``callback(remoteService)`` whenever a dispatcher is lost or heard again.
+
+        :attr:`connected` and :attr:`lost` say which dispatchers are heard.
+        """
+        self._stateCallbacks.append(callback)
+
+    def removeStateCallback(self, callback):
+        if callback in self._stateCallbacks:
+            self._stateCallbacks.remove(callback)
+
+    def _stateChanged(self):
+        for callback in list(self._stateCallbacks):
+            try:
+                callback(self)
+            except Exception:
+                log.failure("state callback {cb!r} failed", cb=callback)
+
+
+class RemoteDispatcher:
+    """One dispatcher of a remote service: its sockets, its run and its liveness.
+
+    :ivar name: the dispatcher's name within its service (the service's name
+        unless the service spans several dispatchers).
+    :ivar connected: False while the dispatcher misses its heartbeats.
+    :ivar epoch: identifies the dispatcher's current run; a restart changes it.
+    :ivar owner: the run the router named (requests carry it; "" without a router).
+    :ivar host: the host the router names for it ("" without a router).
+    """
+
+    def __init__(self, remote, where):
+        self.service = remote
+        self.name = where.dispatcher or remote.name
+        self.host = where.host
+        self.dispatchAddress = where.dispatchAddress
+        self.broadcastAddress = where.broadcastAddress
+        self.owner = where.owner
+        #: the dispatcher's CURVE public key (secure mode)
+        self.serverKey = where.serverKey
+        self.connected = False
+        self.epoch = None
+        self.heartbeatInterval = DEFAULT_HEARTBEAT
+        self.described = False
+        client = remote._client
+        self._client = client
+        self._reactor = client.reactor
+        self._wallClock = remote._wallClock
+        self._staleEpochs = deque(maxlen=16)  # recent runs whose late messages we drop
+        self._lastBeat = None
+        self._clockOffsets = deque(maxlen=CLOCK_SAMPLES)
+        self._clockEpoch = None
+        self.malformed = RateLimitedCounter(f"malformed broadcasts from {self}", client.reactor)
+        self._notices = remote._notices
+        self._lastHeard = self._reactor.seconds()
+        self._closed = False
+        self._lost = False
+        self._relocating = None
+        self._loadWaiters = []
+        self._watchdog = None
+        self._transport = remote._transport
+        self._channel = self._newChannel()
+        self._subscriber = self._transport.subscriber(self._received, self.serverKey)
+        self._subscriber.connect(self.broadcastAddress)
+        self._subscriber.subscribe(codec.HEARTBEAT_TOPIC)
+
+    def __str__(self):
+        if self.name == self.service.name:
+            return f"service {self.name!r}"
+        return f"service {self.service.name!r} (dispatcher {self.name!r})"
+
+    def __repr__(self):
+        return f"<RemoteDispatcher {self.service.name}/{self.name} at {self.dispatchAddress}>"
+
+    def _newChannel(self):
+        return RequestChannel(
+            self._transport, self.dispatchAddress, f"{self} at {self.dispatchAddress}",
+            self._client.timeout, serverKey=self.serverKey, batched=True,
+        )
+
+    def keywords(self):
+        """The names of the keywords this dispatcher serves, sorted."""
+        return sorted(name for name, kw in self.service._keywords.items()
+                      if kw.dispatcher is self)
+
+    def _keywordObjects(self):
+        return [kw for kw in self.service._keywords.values() if kw.dispatcher is self]
+
+    # -- setup and teardown
+
+    def load(self):
+        """Describe every keyword; fires with self once known (one describe at a time)."""
+        waiter = defer.Deferred()
+        self._loadWaiters.append(waiter)
+        if len(self._loadWaiters) == 1:
+            d = self.describe(None)
+            d.addCallback(self._described)
+            d.addBoth(self._loadDone)
+        return waiter
+
+    def _loadDone(self, result):
+        waiters, self._loadWaiters = self._loadWaiters, []
+        for waiter in waiters:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+    def describe(self, names):
+        """The dispatcher's answer to ``describe`` (in parts if too large for one)."""
+        d = self.request(lambda i, dl, o: Describe(i, names, self.service.name, dl, o),
+                         "describe")
+        if names is None:
+            d.addErrback(self._describeInParts)
+        d.addCallback(self._checkDescription)
+        d.addCallback(self._tagged)
         return d
+
+    def _tagged(self, description):
+        """The description's keyword dicts, each naming this dispatcher."""
+        for info in description.keywords:
+            info["dispatcher"] = self.name
+        return description.keywords
+
+    @defer.inlineCallbacks
+    def _describeInParts(self, failure):
+        """A service too large to describe in one message is described in parts."""
+        failure.trap(BadValue)
+        listing = yield self.request(
+            lambda i, dl, o: ListKeywords(i, self.service.name, dl, o), "list")
+        if not listing.names:
+            return failure
+        keywords = []
+        for start in range(0, len(listing.names), DESCRIBE_CHUNK):
+            names = listing.names[start:start + DESCRIBE_CHUNK]
+            part = yield self.request(
+                lambda i, dl, o, n=names: Describe(i, n, self.service.name, dl, o), "describe")
+            keywords.extend(part.keywords)
+        return Description(part.id, part.service, part.epoch, keywords, part.heartbeat, part.now)
+
+    def _checkDescription(self, description):
+        if description.service != self.service.name:
+            raise UnknownService(
+                f"no service {self.service.name!r} at {self.dispatchAddress} "
+                f"(the dispatcher there serves {description.service!r})"
+            )
+        self._noteEpoch(description.epoch)
+        self._noteClock(description.epoch, description.now)
+        self._setHeartbeatInterval(description.heartbeat)
+        return description
+
+    def _described(self, infos):
+        self.service._described(self, infos)
+        self.described = True
+        self._heard()
+        self._scheduleWatchdog()
+        return self
+
+    def _loadFailed(self, failure):
+        """Not described: its keywords wait, failing fast, until it is heard again."""
+        if failure.check(CauldronError):
+            self._notices("{d} could not be described: {why}", level=LogLevel.info, d=self,
+                          why=failure.getErrorMessage())
+        elif not failure.check(defer.CancelledError):
+            log.failure("describing {d} failed", failure, d=self)
+        self._lost = not self.described
+        self._scheduleWatchdog()
+
+    def _close(self):
+        self._closed = True
+        self._cancelWatchdog()
+        if self._relocating is not None:
+            self._relocating.cancel()
+        self._channel.close()
+        self._transport.close(self._subscriber)
+        self.malformed.stop()
 
     # -- requests
 
@@ -357,7 +638,8 @@ class RemoteService:
         is when the dispatcher must no longer start it, on the dispatcher's
         clock; ``owner`` is the dispatcher run the router named.  A refusal
         by a dispatcher that is not that owner sends the request again to
-        the one the router names now, within the same deadline.
+        the one the router names now, within the same deadline.  While the
+        dispatcher is lost (silent for three heartbeats) requests fail at once.
         """
         timeout = self._client.timeout if timeout is None else timeout
         owner = self.owner
@@ -369,11 +651,15 @@ class RemoteService:
 
     def _send(self, makeMessage, what, timeout, owner):
         if self._closed:
-            return defer.fail(ServiceUnavailable(f"service {self.name!r}: connection closed"))
+            return defer.fail(ServiceUnavailable(f"{self}: connection closed"))
+        if self._lost:
+            return defer.fail(ServiceUnavailable(
+                f"{self} at {self.dispatchAddress}: {what}: the dispatcher is not answering "
+                f"(silent for {LIVENESS} heartbeats)"))
         deadline = self._deadline(timeout)
         try:
             return self._channel.request(lambda i: makeMessage(i, deadline, owner),
-                                         f"{self.name}: {what}", timeout)
+                                         f"{self.service.name}: {what}", timeout)
         except Exception:
             return defer.fail()
 
@@ -390,8 +676,10 @@ class RemoteService:
             if self._closed:
                 return failure
             try:
-                where = yield self._client._locator.locate(self.name)
+                where = yield self._locate()
             except CauldronError:
+                return failure
+            if where is None:
                 return failure
             if where.owner != refused or where[:2] != (self.dispatchAddress,
                                                        self.broadcastAddress):
@@ -406,6 +694,13 @@ class RemoteService:
             return failure
         result = yield self.request(makeMessage, what, left)
         return result
+
+    def _locate(self):
+        """Fires with this dispatcher's current Where from the router, or None."""
+        d = self._client._locator.locate(self.service.name)
+        d.addCallback(lambda wheres: next(
+            (w for w in wheres if (w.dispatcher or self.service.name) == self.name), None))
+        return d
 
     # -- clocks: deadlines on the dispatcher's clock
 
@@ -435,21 +730,13 @@ class RemoteService:
 
     # -- liveness
 
-    def addStateCallback(self, callback):
-        """Call ``callback(remoteService)`` whenever :attr:`connected` changes."""
-        self._stateCallbacks.append(callback)
-
-    def removeStateCallback(self, callback):
-        if callback in self._stateCallbacks:
-            self._stateCallbacks.remove(callback)
-
     def _received(self, frames):
         try:
             message = codec.decodeBroadcast(frames)
         except ProtocolError as e:
             self.malformed(str(e))
             return
-        if message.service != self.name or message.epoch in self._staleEpochs:
+        if message.service != self.service.name or message.epoch in self._staleEpochs:
             return
         self._noteEpoch(message.epoch)
         self._heard()  # any broadcast shows the dispatcher is alive
@@ -457,21 +744,21 @@ class RemoteService:
             self._noteClock(message.epoch, message.timestamp)
             self._setHeartbeatInterval(message.interval)
             self._checkBeat(message)
-        elif isinstance(message, Update):
-            keyword = self._keywords.get(message.keyword)
-            if keyword is not None:
-                keyword._broadcast(KeywordValue(
-                    message.keyword, message.binary, message.ascii,
-                    message.sequence, message.timestamp, message.epoch,
-                ), message.welcome)
+            return
+        keyword = self.service._keywords.get(message.keyword)
+        if keyword is None or keyword.dispatcher is not self:
+            return
+        if isinstance(message, Update):
+            keyword._broadcast(KeywordValue(
+                message.keyword, message.binary, message.ascii,
+                message.sequence, message.timestamp, message.epoch,
+            ), message.welcome)
         elif isinstance(message, Updates):
-            keyword = self._keywords.get(message.keyword)
-            if keyword is not None:
-                name, epoch = message.keyword, message.epoch
-                keyword._broadcastMany([
-                    KeywordValue(name, e.binary, e.ascii, e.sequence, e.timestamp, epoch)
-                    for e in message.entries
-                ])
+            name, epoch = message.keyword, message.epoch
+            keyword._broadcastMany([
+                KeywordValue(name, e.binary, e.ascii, e.sequence, e.timestamp, epoch)
+                for e in message.entries
+            ])
 
     def _noteEpoch(self, epoch):
         if epoch == self.epoch:
@@ -482,8 +769,8 @@ class RemoteService:
         self.epoch = epoch
         self._lastBeat = None
         if restarted:
-            self._notices("service {name} restarted (epoch {epoch})", level=LogLevel.info,
-                          name=self.name, epoch=epoch)
+            self._notices("{d} restarted (epoch {epoch})", level=LogLevel.info,
+                          d=self, epoch=epoch)
             self._relocate()  # learn the new run's owner identity before it refuses us
             self._reprime()
 
@@ -495,12 +782,20 @@ class RemoteService:
 
     def _heard(self):
         self._lastHeard = self._reactor.seconds()
-        if not self.connected:
-            wasKnown = self.epoch is not None and self._keywords
-            self._setConnected(True)
-            if wasKnown:
-                self._reprime()
-            self._scheduleWatchdog()
+        if self.connected:
+            return
+        if not self.described:
+            # Lost before it was ever described: describe it now that it answers.
+            if not self._loadWaiters:
+                self._lost = False
+                self.load().addErrback(self._loadFailed)
+            return
+        wasKnown = self.epoch is not None
+        self._lost = False
+        self._setConnected(True)
+        if wasKnown:
+            self._reprime()
+        self._scheduleWatchdog()
 
     def _scheduleWatchdog(self):
         """One timer, due when the dispatcher will have been silent for LIVENESS beats.
@@ -508,9 +803,9 @@ class RemoteService:
         It is not moved by every message (that would cost a timer operation
         per update); when it fires early it sets itself again.  While the
         dispatcher is disconnected it fires every heartbeat to ask the router
-        where the service is.
+        where it is.
         """
-        if self._closed or not self._keywords:
+        if self._closed:
             return
         if self.connected:
             due = self._lastHeard + self._silenceLimit() - self._reactor.seconds()
@@ -539,11 +834,13 @@ class RemoteService:
             # them before calling the dispatcher dead.
             self._subscriber.doRead()
         if self.connected and self._silent():
-            self._notices("service {name} missed {n} heartbeats: disconnected",
-                          name=self.name, n=LIVENESS)
+            names = self.keywords()
+            self._notices("{d} missed {n} heartbeats: disconnected ({k} keywords unavailable)",
+                          d=self, n=LIVENESS, k=len(names))
+            self._lost = True
             self._setConnected(False)
             self._channel.failAll(ServiceUnavailable(
-                f"service {self.name!r} at {self.dispatchAddress} stopped answering; "
+                f"{self} at {self.dispatchAddress} stopped answering; "
                 "the outcome of requests in flight is unknown"
             ), reconnect=True)
         if not self.connected:
@@ -554,15 +851,14 @@ class RemoteService:
         return self._reactor.seconds() - self._lastHeard >= self._silenceLimit()
 
     def _relocate(self):
-        """Ask the router where the service is now (it may have moved, or restarted)."""
-        locator = self._client._locator
-        if locator is None or self._relocating is not None or self._closed:
+        """Ask the router where the dispatcher is now (it may have moved, or restarted)."""
+        if self._client._locator is None or self._relocating is not None or self._closed:
             return
-        d = self._relocating = locator.locate(self.name)
-        d.addCallback(self._moveTo)
+        d = self._relocating = self._locate()
+        d.addCallback(lambda where: where is not None and self._moveTo(where))
         # Not registered again yet, or no router: ask again next time.
         d.addErrback(lambda f: f.trap(CauldronError, defer.CancelledError) and None)
-        d.addErrback(lambda f: log.failure("relocating {name} failed", f, name=self.name))
+        d.addErrback(lambda f: log.failure("relocating {d} failed", f, d=self))
 
         def done(_):
             self._relocating = None
@@ -571,37 +867,34 @@ class RemoteService:
 
     def _moveTo(self, where):
         """Follow the router: a new owner, and new addresses if they changed."""
-        dispatchAddress, broadcastAddress, owner, serverKey = where
         if self._closed:
             return
-        self.owner = owner
-        if (dispatchAddress, broadcastAddress, serverKey) == (
+        self.owner = where.owner
+        self.host = where.host or self.host
+        if (where.dispatchAddress, where.broadcastAddress, where.serverKey) == (
                 self.dispatchAddress, self.broadcastAddress, self.serverKey):
             return
-        self._notices("service {name} moved to {addresses}", level=LogLevel.info,
-                      name=self.name, addresses=(dispatchAddress, broadcastAddress))
-        self.dispatchAddress, self.broadcastAddress = dispatchAddress, broadcastAddress
-        self.serverKey = serverKey
-        self._channel.close(ServiceUnavailable(f"service {self.name!r} moved"))
+        self._notices("{d} moved to {addresses}", level=LogLevel.info, d=self,
+                      addresses=(where.dispatchAddress, where.broadcastAddress))
+        self.dispatchAddress, self.broadcastAddress = where.dispatchAddress, where.broadcastAddress
+        self.serverKey = where.serverKey
+        self._lost = False  # a new place: requests go there until it too falls silent
+        self._channel.close(ServiceUnavailable(f"{self} moved"))
         self._channel = self._newChannel()
         self._transport.close(self._subscriber)
-        self._subscriber = self._transport.subscriber(self._received, serverKey)
+        self._subscriber = self._transport.subscriber(self._received, self.serverKey)
         self._subscriber.connect(self.broadcastAddress)
         self._subscriber.subscribe(codec.HEARTBEAT_TOPIC)
-        for keyword in self._keywords.values():
+        for keyword in self._keywordObjects():
             if keyword._subscribed:
                 self._subscriber.subscribe(codec.topicFor(keyword.name))
 
     def _setConnected(self, connected):
         self.connected = connected
-        for callback in list(self._stateCallbacks):
-            try:
-                callback(self)
-            except Exception:
-                log.failure("state callback {cb!r} failed", cb=callback)
+        self.service._stateChanged()
 
     def _reprime(self):
-        for keyword in self._keywords.values():
+        for keyword in self._keywordObjects():
             if keyword.monitored:
                 keyword._refresh()
 
@@ -613,8 +906,9 @@ class RemoteService:
             self._reprime()  # the lost heartbeat may have named changes we lost too
             return
         for name, sequence in beat.sequences.items():
-            keyword = self._keywords.get(name)
-            if keyword is not None and keyword.monitored and keyword.isBehind(sequence):
+            keyword = self.service._keywords.get(name)
+            if keyword is not None and keyword.dispatcher is self and keyword.monitored \
+                    and keyword.isBehind(sequence):
                 keyword._refresh()
 
 
@@ -623,16 +917,13 @@ class RemoteKeyword:
 
     :ivar info: the keyword's metadata from ``describe``.
     :ivar latest: the newest :class:`KeywordValue` seen, or None.
+    :ivar dispatcher: the :class:`RemoteDispatcher` that serves it.
     """
 
-    def __init__(self, remote, info):
-        self.service = remote
-        self.info = info
+    def __init__(self, dispatcher, info):
+        self.dispatcher = dispatcher
+        self.service = dispatcher.service
         self.name = info["name"]
-        try:
-            self.type = _keywords.fromDescription(info)
-        except CauldronError:
-            self.type = _keywords.Basic(self.name)
         self.latest = None
         self._subscriptions = []
         self._subscribed = False
@@ -640,14 +931,40 @@ class RemoteKeyword:
         self._activation = []
         self._refreshing = None  # the re-read in flight, if any
         self._refreshAgain = False
+        self._describedAs(info)
+
+    def _describedAs(self, info):
+        self.info = info
+        try:
+            self.type = _keywords.fromDescription(info)
+        except CauldronError:
+            self.type = _keywords.Basic(self.name)
         if info.get("sequence"):
             self._accept(KeywordValue(
                 self.name, info.get("binary"), info.get("ascii", ""),
-                info["sequence"], info.get("timestamp"), remote.epoch,
+                info["sequence"], info.get("timestamp"), self.dispatcher.epoch,
             ))
+
+    def _redescribed(self, dispatcher, info):
+        """New metadata, perhaps from another dispatcher now serving the keyword."""
+        if dispatcher is not self.dispatcher:
+            topic = codec.topicFor(self.name)
+            if self._subscribed and not self.dispatcher._closed:
+                self.dispatcher._subscriber.unsubscribe(topic)
+            self.dispatcher = dispatcher
+            self.latest = None
+            if self._subscribed:
+                self._active = False
+                dispatcher._subscriber.subscribe(topic)
+        self._describedAs(info)
 
     def __repr__(self):
         return f"<RemoteKeyword {self.service.name}.{self.name}>"
+
+    @property
+    def connected(self):
+        """Whether the keyword's dispatcher is heard (see :attr:`RemoteService.lost`)."""
+        return self.dispatcher.connected
 
     @property
     def monitored(self):
@@ -670,7 +987,7 @@ class RemoteKeyword:
         return Read(requestId, self.name, self.service.name, deadline, owner)
 
     def _request(self, makeMessage, verb, timeout):
-        return self.service.request(makeMessage, f"{verb} {self.name}", timeout)
+        return self.dispatcher.request(makeMessage, f"{verb} {self.name}", timeout)
 
     def _repliedSelect(self, reply, binary, both):
         return _select(self._replied(reply), binary, both)
@@ -713,7 +1030,7 @@ class RemoteKeyword:
         if than is None:
             return True
         if value.epoch != than.epoch:
-            return value.epoch == self.service.epoch
+            return value.epoch == self.dispatcher.epoch
         return value.sequence > than.sequence
 
     def isBehind(self, sequence):
@@ -746,7 +1063,7 @@ class RemoteKeyword:
         The hot path of a burst: what is new is found first, then handed to
         each monitor at once.
         """
-        latest, current, gap = self.latest, self.service.epoch, False
+        latest, current, gap = self.latest, self.dispatcher.epoch, False
         accepted = []
         for value in values:
             if latest is not None:
@@ -854,7 +1171,7 @@ class RemoteKeyword:
         if not self._subscribed:
             self._subscribed = True
             self._active = False
-            self.service._subscriber.subscribe(codec.topicFor(self.name))
+            self.dispatcher._subscriber.subscribe(codec.topicFor(self.name))
         if not prime:
             return defer.succeed(subscription)
         d = self._read() if self._active else self._whenActive()
@@ -869,7 +1186,7 @@ class RemoteKeyword:
             self._active = False
             self._cancelActivation()
             if not self.service._closed:
-                self.service._subscriber.unsubscribe(codec.topicFor(self.name))
+                self.dispatcher._subscriber.unsubscribe(codec.topicFor(self.name))
 
     def waitFor(self, predicate, timeout):
         """Fires True once ``predicate(KeywordValue)`` holds, False after ``timeout`` s.

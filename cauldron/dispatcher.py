@@ -14,6 +14,10 @@ then), so a write its caller was told had failed never takes effect later,
 however long the network held it.  A dispatcher that learns from the router
 that another dispatcher now owns its service stops serving at once (it is
 *fenced*).
+
+A service may span several dispatchers, each with its own *dispatcher name*
+(the service name by default) and keywords; the router holds one lease per
+dispatcher name and refuses a keyword to a second dispatcher of the service.
 """
 
 import fnmatch
@@ -128,6 +132,9 @@ def describeWithValue(keyword):
 class DispatcherService(service.Service):
     """Serve the keywords of service ``name``.
 
+    :param dispatcher: this dispatcher's name within the service (default:
+        the service name), for a service spread over several dispatchers;
+        names are case-insensitive, kept lower-case as ``dispatcherName``.
     :param keywords: keyword objects (:mod:`cauldron.keywords`) to serve.
     :param setup: ``setup(dispatcher)`` called once at construction to create
         and add more keywords (see :meth:`addKeyword`).
@@ -148,11 +155,18 @@ class DispatcherService(service.Service):
 
     def __init__(
         self, name, config=None, keywords=(), setup=None, reactor=None, heartbeatInterval=1.0,
-        wallClock=time.time, writers=None, readers=None,
+        wallClock=time.time, writers=None, readers=None, *, dispatcher=None,
     ):
         if reactor is None:
             from twisted.internet import reactor
         self.name = name.lower()
+        if dispatcher is not None and (
+                not isinstance(dispatcher, str) or not dispatcher
+                or any(c.isspace() for c in dispatcher)):
+            raise ConfigError(f"service {self.name!r}: bad dispatcher name {dispatcher!r}: "
+                              "a dispatcher name is a non-empty word without spaces")
+        #: the dispatcher's name within its service (the service name by default)
+        self.dispatcherName = self.name if dispatcher is None else dispatcher.lower()
         self.config = _config.load(config)
         self.reactor = reactor
         self.heartbeatInterval = heartbeatInterval
@@ -228,6 +242,13 @@ class DispatcherService(service.Service):
     def keywords(self):
         """The names of every keyword served, sorted."""
         return sorted(self._keywords)
+
+    @property
+    def label(self):
+        """``service/dispatcher`` for log lines, or the service alone when named alike."""
+        if self.dispatcherName == self.name:
+            return self.name
+        return f"{self.name}/{self.dispatcherName}"
 
     def schedulePeriod(self, keyword, seconds):
         """Run ``keyword``'s read path every ``seconds`` while the service runs."""
@@ -394,7 +415,7 @@ class DispatcherService(service.Service):
                 loop.start(loop.interval, now=True)
         log.info(
             "dispatcher {name} serving {n} keywords: dispatch {dispatch}, broadcast {broadcast}",
-            name=self.name, n=len(self._keywords),
+            name=self.label, n=len(self._keywords),
             dispatch=addresses[0], broadcast=addresses[1],
         )
         self._setReady(addresses)
@@ -404,7 +425,7 @@ class DispatcherService(service.Service):
             return None  # a previous run's outcome: the stop that ended it answered already
         self._starting = None
         self.state = STOPPED  # it gave up: nothing about it may look alive
-        log.error("dispatcher {name} could not start: {why}", name=self.name,
+        log.error("dispatcher {name} could not start: {why}", name=self.label,
                   why=failure.getErrorMessage())
         self._setReady(failure.value)
         return None
@@ -416,10 +437,10 @@ class DispatcherService(service.Service):
             starting, self._starting = self._starting, None
             starting.cancel()
         if self._ready is None:
-            self._setReady(ServiceUnavailable(f"dispatcher {self.name} stopped while starting"))
+            self._setReady(ServiceUnavailable(f"dispatcher {self.label} stopped while starting"))
         self.state = STOPPED
         self._stopServing(ServiceUnavailable(
-            f"dispatcher {self.name} stopped before this write started"))
+            f"dispatcher {self.label} stopped before this write started"))
         for welcome in self._welcomes.values():
             welcome.cancel()
         self._welcomes.clear()
@@ -463,7 +484,7 @@ class DispatcherService(service.Service):
                 entry.finished.errback(error)
 
     def fence(self, conflict):
-        """Another dispatcher owns the service now: stop serving it at once.
+        """Another dispatcher took our dispatcher name or a keyword of ours: stop serving at once.
 
         Called by the router link when the router names another owner.  The
         sockets close, so clients still talking to this dispatcher get no
@@ -475,14 +496,22 @@ class DispatcherService(service.Service):
         self.state = FENCED
         self.fenced = conflict
         detail = conflict.detail
+        if detail.get("keyword"):
+            what = (f"keyword {self.name.upper()}.{detail['keyword']} is now served by "
+                    f"dispatcher {detail.get('dispatcher', '?')!r}")
+        elif self.dispatcherName != self.name:
+            what = (f"dispatcher name {self.dispatcherName!r} of service {self.name!r} is now "
+                    "held by another dispatcher")
+        else:
+            what = f"service {self.name!r} is now served by another dispatcher"
         log.critical(
-            "dispatcher {name} fenced: service {name!r} is now served by another dispatcher "
-            "on host {host} (ports {dispatch}/{broadcast}); stopped serving it",
-            name=self.name, host=detail.get("host", "?"),
+            "dispatcher {name} fenced: {what} on host {host} (ports {dispatch}/{broadcast}); "
+            "stopped serving it",
+            name=self.label, what=what, host=detail.get("host", "?"),
             dispatch=detail.get("dispatchPort", "?"), broadcast=detail.get("broadcastPort", "?"),
         )
         self._stopServing(ServiceUnavailable(
-            f"dispatcher {self.name} lost its service to another dispatcher"), flush=False)
+            f"dispatcher {self.label} lost its service to another dispatcher"), flush=False)
         for socket in (self._routerSocket, self._publisher):
             if socket is not None:
                 self._transport.close(socket, discard=True)

@@ -136,11 +136,13 @@ class LeaseError(CauldronError):
 
 
 class LeaseConflict(LeaseError):
-    """Another dispatcher holds the service's lease.
+    """Another dispatcher holds the lease asked for, or a keyword it claims.
 
-    ``detail`` names the holder: ``host``, ``dispatchPort``,
+    ``detail`` names the holder: ``service``, ``dispatcher`` (its name
+    within the service), ``instance``, ``host``, ``dispatchPort``,
     ``broadcastPort``, ``protocol``, ``age`` (seconds since it last renewed),
-    ``expiresIn`` and ``ttl``.
+    ``expiresIn`` and ``ttl``; and ``keyword`` when the conflict is over a
+    keyword another dispatcher of the service serves.
     """
 
 

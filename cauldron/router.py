@@ -2,9 +2,12 @@
 
 Dispatchers ask it for a (dispatch, broadcast) port pair, bind them, and
 renew the lease with every heartbeat; clients ask it where a service lives
-and then talk to the dispatcher directly.  The router is never in the data
-path, and all its state is soft: leases expire after missed heartbeats, and
-after a restart the live dispatchers register again with the ports they hold.
+and then talk to the dispatcher directly.  A service may span several
+dispatchers, each with its own name, lease and keywords: the router answers
+where each lives, or which one owns a given keyword.  The router is never in
+the data path, and all its state is soft: leases expire after missed
+heartbeats, and after a restart the live dispatchers register again with the
+ports and keywords they hold.
 """
 
 import os
@@ -16,17 +19,24 @@ from twisted.internet import defer, task
 from twisted.logger import Logger, LogLevel
 
 from cauldron import config as _config
-from cauldron.errors import LeaseError, PermissionDenied, ProtocolError, UnknownService
+from cauldron.errors import (
+    LeaseError,
+    PermissionDenied,
+    ProtocolError,
+    UnknownKeyword,
+    UnknownService,
+)
 from cauldron.hostcheck import HostCheck
 from cauldron.protocol import codec
 from cauldron.protocol.leases import LeaseTable
 from cauldron.protocol.messages import (
+    DispatcherLocation,
     Error,
     Lease,
     Leased,
     ListServices,
     Locate,
-    Location,
+    Locations,
     Ok,
     Ping,
     Pong,
@@ -159,7 +169,7 @@ class RouterService(service.Service):
     def _expire(self):
         for lease in self.leases.expire(self._now()):
             self._say(1, "lease of {service} expired: ports {d}/{b} are free again",
-                      service=lease.service, d=lease.dispatchPort, b=lease.broadcastPort)
+                      service=lease.label, d=lease.dispatchPort, b=lease.broadcastPort)
 
     # -- requests
 
@@ -186,7 +196,7 @@ class RouterService(service.Service):
 
     def _leased(self, requestId, lease):
         return Leased(requestId, lease.service, lease.host, lease.dispatchPort,
-                      lease.broadcastPort, lease.ttl, lease.secret)
+                      lease.broadcastPort, lease.ttl, lease.secret, lease.dispatcher)
 
     def _fromItsHost(self, request, peer, then):
         """Run ``then(request)`` once the request is known to come from the host it names."""
@@ -198,20 +208,30 @@ class RouterService(service.Service):
         return checked.addCallback(lambda _: then(request))
 
     def _keyOf(self, request, peer):
-        """The name of the key that may hold ``request.service``: the peer's (secure mode).
+        """The name of the key that may hold the request's lease: the peer's (secure mode).
 
-        Only a dispatcher key may hold a lease; a service named after a
-        dispatcher key only that key.  "" in plain mode.
+        Only a dispatcher key may hold a lease.  A dispatcher name (the
+        service name unless the request names another) that a dispatcher
+        key is named after is bound to that key alone; otherwise a service
+        name that a key is named after binds every dispatcher of the service
+        to that key, so nobody else can add keywords to a bound service.
+        Any dispatcher key may hold a name bound to none (first come).  ""
+        in plain mode.
         """
         if self._curve is None:
             return ""
         key, service = peer.userId, request.service
+        label = _label(service, request.dispatcher)
         if not self._curve.isDispatcher(key):
-            raise PermissionDenied(f"service {service!r}: key {key!r} is not a dispatcher key "
+            raise PermissionDenied(f"{label}: key {key!r} is not a dispatcher key "
                                    "and may not hold a lease")
-        if self._curve.dispatcherKey(service) is not None and key.lower() != service.lower():
-            raise PermissionDenied(f"service {service!r} is bound to the dispatcher key of "
-                                   f"its name: key {key!r} may not hold it")
+        name = _dispatcherName(request)
+        for bound, whose in ((name, "its name"), (service.lower(), f"service {service!r}")):
+            if self._curve.dispatcherKey(bound) is not None:
+                if key.lower() != bound:
+                    raise PermissionDenied(f"{label} is bound to the dispatcher key of {whose}: "
+                                           f"key {key!r} may not hold it")
+                break
         return key
 
     def _handleLease(self, request, peer):
@@ -223,9 +243,11 @@ class RouterService(service.Service):
                                   self._now(), avoid=request.avoid,
                                   ttl=self._ttl(request.interval),
                                   protocol=_protocol(request.protocol), secret=request.secret,
-                                  key=key)
-        self._say(1, "leased {d}/{b} to {service} on {host}", d=lease.dispatchPort,
-                  b=lease.broadcastPort, service=lease.service, host=lease.host)
+                                  key=key, dispatcher=request.dispatcher or None,
+                                  keywords=request.keywords)
+        self._say(1, "leased {d}/{b} to {service} on {host} ({n} keywords)",
+                  d=lease.dispatchPort, b=lease.broadcastPort, service=lease.label,
+                  host=lease.host, n=len(lease.keywords))
         return self._leased(request.id, lease)
 
     def _handleRegister(self, request, peer):
@@ -244,36 +266,54 @@ class RouterService(service.Service):
                                      ttl=self._ttl(request.interval),
                                      protocol=_protocol(request.protocol),
                                      takeover=request.takeover, secret=request.secret,
-                                     key=key)
-        self._say(1, "{service} on {host} registered ports {d}/{b}", service=lease.service,
-                  host=lease.host, d=lease.dispatchPort, b=lease.broadcastPort)
+                                     key=key, dispatcher=request.dispatcher or None,
+                                     keywords=request.keywords)
+        self._say(1, "{service} on {host} registered ports {d}/{b} ({n} keywords)",
+                  service=lease.label, host=lease.host, d=lease.dispatchPort,
+                  b=lease.broadcastPort, n=len(lease.keywords))
         return self._leased(request.id, lease)
 
     def _handleRenew(self, request, peer):
         self._keyOf(request, peer)
         lease = self.leases.renew(request.service, request.instance, self._now(),
-                                  request.secret)
-        self._say(2, "renewed {service}", service=lease.service)
+                                  request.secret, dispatcher=request.dispatcher or None)
+        self._say(2, "renewed {service}", service=lease.label)
         return self._leased(request.id, lease)
 
     def _handleRelease(self, request, peer):
         self._keyOf(request, peer)
-        if self.leases.release(request.service, request.instance, self._now(), request.secret):
-            self._say(1, "{service} released its ports", service=request.service)
+        if self.leases.release(request.service, request.instance, self._now(), request.secret,
+                               dispatcher=request.dispatcher or None):
+            self._say(1, "{service} released its ports",
+                      service=_label(request.service, request.dispatcher))
         return Ok(request.id)
 
     def _handleLocate(self, request, peer):
-        lease = self.leases.locate(request.service, self._now())
-        if lease is None:
-            raise UnknownService(f"no service {request.service.lower()!r} is registered "
+        now = self._now()
+        service = request.service
+        leases = self.leases.dispatchers(service, now) if service else []
+        if not leases:
+            raise UnknownService(f"no service {service.lower()!r} is registered "
                                  f"with the router at {self.address}")
-        return Location(
-            request.id, lease.service, lease.host,
-            bindAddress(lease.protocol, lease.host, lease.dispatchPort),
-            bindAddress(lease.protocol, lease.host, lease.broadcastPort),
-            lease.instance,
-            self._publicKeyOf(lease),
-        )
+        if request.keyword:
+            owner = self.leases.owner(service, request.keyword, now)
+            if owner is None:
+                raise UnknownKeyword(
+                    f"no dispatcher of service {service.lower()!r} serves keyword "
+                    f"{request.keyword.upper()!r}",
+                    detail={"keyword": request.keyword.upper()})
+            leases = [owner]
+        return Locations(request.id, service.lower(), [
+            DispatcherLocation(
+                lease.dispatcher, lease.host,
+                bindAddress(lease.protocol, lease.host, lease.dispatchPort),
+                bindAddress(lease.protocol, lease.host, lease.broadcastPort),
+                lease.instance,
+                self._publicKeyOf(lease),
+                sorted(lease.keywords),
+            )
+            for lease in leases
+        ])
 
     def _publicKeyOf(self, lease):
         """The holder's public key, for clients to authenticate it ("" in plain mode)."""
@@ -286,7 +326,7 @@ class RouterService(service.Service):
         now = self._now()
         entries = [
             ServiceEntry(lease.service, lease.host, lease.dispatchPort, lease.broadcastPort,
-                         lease.age(now))
+                         lease.age(now), lease.dispatcher, len(lease.keywords))
             for lease in self.leases.leases(now)
         ]
         return ServiceList(request.id, entries)
@@ -303,6 +343,19 @@ class RouterService(service.Service):
         ListServices: _handleList,
         Ping: _handlePing,
     }
+
+
+def _dispatcherName(request):
+    """The dispatcher name a request means, lower-case ("" means the service's)."""
+    return (request.dispatcher or request.service).lower()
+
+
+def _label(service, dispatcher):
+    """``service/dispatcher`` for messages, or the service alone when they are named alike."""
+    service = service.lower()
+    dispatcher = (dispatcher or service).lower()
+    return f"service {service!r}" if dispatcher == service \
+        else f"dispatcher {dispatcher!r} of service {service!r}"
 
 
 def _protocol(name):

@@ -5,7 +5,11 @@
 heartbeat, register again with the same ports when a restarted router has
 forgotten it, spawn a router when none answers and ``allow-spawn`` says
 so (never in secure mode), and fence the dispatcher when the router names another owner.
-:class:`Locator` is a client's side: where does a service live?
+A dispatcher's lease is keyed by its service and dispatcher name (one service
+may span several dispatchers) and names the keywords it serves; a keyword
+added while it runs is announced with the next heartbeat.
+:class:`Locator` is a client's side: where do a service's dispatchers live,
+and which one owns a keyword?
 """
 
 import os
@@ -24,6 +28,7 @@ from cauldron.errors import (
     LeaseError,
     ProtocolError,
     RouterUnavailable,
+    UnknownService,
 )
 from cauldron.protocol.messages import Lease, Locate, Register, Release, Renew
 from cauldron.requests import RequestChannel
@@ -51,7 +56,7 @@ RELEASE_TIMEOUT = 0.25
 
 
 class Where(NamedTuple):
-    """Where a service lives, as a client needs to know it."""
+    """Where one dispatcher of a service lives, as a client needs to know it."""
 
     dispatchAddress: str
     broadcastAddress: str
@@ -59,6 +64,12 @@ class Where(NamedTuple):
     owner: str = ""
     #: the dispatcher's CURVE public key (Z85 bytes; None in plain mode)
     serverKey: bytes | None = None
+    #: the dispatcher's name within the service ("" in direct mode: the service name)
+    dispatcher: str = ""
+    #: the host the dispatcher advertised ("" in direct mode)
+    host: str = ""
+    #: the (upper-case) keyword names it owns (() in direct mode: unknown until described)
+    keywords: tuple = ()
 
 
 def routerChannel(config, transport, timeout=None):
@@ -148,6 +159,8 @@ class RouterLink:
         self._routerLost = False
         self._ports = None  # the leased (dispatch, broadcast) pair once bound
         self._secret = ""  # the lease's proof of holding, from the router
+        self._announced = None  # the keyword names the router last accepted from us
+        self._refused = None  # the names it last refused: not asked for again as they are
         self._lastSpawn = -RESPAWN_INTERVAL
         self._spawnedConfig = None  # the config file written for a spawned router
 
@@ -156,8 +169,34 @@ class RouterLink:
         return self.dispatcher.name
 
     @property
+    def dispatcherName(self):
+        """Our dispatcher's name within the service (the service name by default)."""
+        return self.dispatcher.dispatcherName
+
+    @property
+    def label(self):
+        """``service/dispatcher`` for log lines, or the service alone when named alike."""
+        if self.dispatcherName == self.service:
+            return self.service
+        return f"{self.service}/{self.dispatcherName}"
+
+    @property
     def instance(self):
         return self.dispatcher.epoch
+
+    def _currentKeywords(self):
+        """The names of the keywords our dispatcher serves now, sorted."""
+        return list(self.dispatcher.keywords())
+
+    def _leaseMessage(self, requestId, avoid, keywords):
+        return Lease(requestId, self.service, self.host, self.instance, list(avoid),
+                     self.dispatcher.heartbeatInterval, self.protocol, self._secret,
+                     self.dispatcherName, keywords)
+
+    def _registerMessage(self, requestId, ports, keywords, takeover=False, secret=""):
+        return Register(requestId, self.service, self.host, self.instance, *ports,
+                        self.dispatcher.heartbeatInterval, self.protocol, takeover, secret,
+                        self.dispatcherName, keywords)
 
     # -- start: lease, bind, and spawn a router if there is none
 
@@ -170,8 +209,10 @@ class RouterLink:
         """
         avoid = []
         for _ in range(MAX_BIND_ATTEMPTS):
-            leased = yield self._lease(avoid)
+            keywords = self._currentKeywords()
+            leased = yield self._lease(avoid, keywords)
             self._secret = leased.secret
+            self._announced = keywords
             try:
                 addresses = self.dispatcher.bind(
                     bindAddress(self.protocol, self.bindHost, leased.dispatchPort),
@@ -179,24 +220,25 @@ class RouterLink:
                 )
             except AddressInUse as e:
                 log.warn("{service}: {address} is taken on this host; asking for other ports",
-                         service=self.service, address=e.address)
+                         service=self.label, address=e.address)
                 avoid.extend([leased.dispatchPort, leased.broadcastPort])
                 continue
             self._ports = (leased.dispatchPort, leased.broadcastPort)
             self._forgetSpawnedConfig()
             return addresses
-        raise LeaseError(f"{self.service}: {MAX_BIND_ATTEMPTS} leased port pairs were all "
+        raise LeaseError(f"{self.label}: {MAX_BIND_ATTEMPTS} leased port pairs were all "
                          f"taken on {self.host}: {sorted(set(avoid))}")
 
     def _request(self, makeMessage, what):
-        return self._channel.request(makeMessage, f"{what} {self.service}")
+        return self._channel.request(makeMessage, f"{what} {self.label}")
 
     @defer.inlineCallbacks
-    def _lease(self, avoid):
+    def _lease(self, avoid, keywords):
         """Ask for a lease, spawning a router or outlasting a rival as needed.
 
-        A rival holding the service is either our crashed predecessor (its
-        lease expires within its ttl, unless we can prove it dead and take
+        A rival holding our dispatcher name (or one of our keywords) is
+        either our crashed predecessor (its lease expires within its ttl,
+        unless it held our dispatcher name and we can prove it dead and take
         over at once) or a live dispatcher, which keeps renewing: once its
         lease has outlived the expiry the router first gave us, we stop.
         """
@@ -205,11 +247,7 @@ class RouterLink:
         while True:
             try:
                 leased = yield self._request(
-                    lambda i: Lease(i, self.service, self.host, self.instance, list(avoid),
-                                    self.dispatcher.heartbeatInterval, self.protocol,
-                                    self._secret),
-                    "lease ports for",
-                )
+                    lambda i: self._leaseMessage(i, avoid, keywords), "lease ports for")
                 return leased
             except RouterUnavailable as e:
                 if spawned or not self._maySpawn():
@@ -219,32 +257,43 @@ class RouterLink:
                 continue
             except LeaseConflict as e:
                 conflict = e
-            taken = yield self._takeOver(conflict.detail)
+            taken = yield self._takeOver(conflict.detail, keywords)
             if taken is not None:
                 return taken
             now = self.reactor.seconds()
             expiresIn = float(conflict.detail.get("expiresIn", DEFAULT_LEASE_TTL))
             if giveUpAt is None:
                 giveUpAt = now + expiresIn + CONFLICT_MARGIN
-                log.info("{service}: {why}", service=self.service, why=_holderLine(conflict))
+                log.info("{service}: {why}", service=self.label, why=_holderLine(conflict))
             elif now >= giveUpAt:
-                raise LeaseConflict(
-                    f"{self.service}: another dispatcher serves it on host "
-                    f"{conflict.detail.get('host', '?')} (ports "
-                    f"{conflict.detail.get('dispatchPort', '?')}/"
-                    f"{conflict.detail.get('broadcastPort', '?')}) and keeps renewing its "
-                    "lease: stop that one first, or serve another service name",
-                    detail=conflict.detail,
-                )
+                raise LeaseConflict(self._giveUpLine(conflict), detail=conflict.detail)
             yield task.deferLater(self.reactor, min(CONFLICT_POLL, max(expiresIn, 0.01)),
                                   lambda: None)
 
-    def _takeOver(self, holder):
+    def _giveUpLine(self, conflict):
+        """Why we stop waiting for a rival that keeps renewing its lease."""
+        detail = conflict.detail
+        where = (f"on host {detail.get('host', '?')} (ports {detail.get('dispatchPort', '?')}/"
+                 f"{detail.get('broadcastPort', '?')}) and keeps renewing its lease")
+        keyword = detail.get("keyword")
+        if keyword:
+            return (f"{self.label}: keyword {keyword} is served by dispatcher "
+                    f"{detail.get('dispatcher', '?')!r} of the service {where}: stop that one "
+                    "first, or serve the keyword from one dispatcher only")
+        what = "service" if self.dispatcherName == self.service else "dispatcher"
+        return (f"{self.label}: another dispatcher serves it {where}: stop that one first, "
+                f"or serve another {what} name")
+
+    def _takeOver(self, holder, keywords):
         """Fires with a lease if the holder is a dead predecessor on this host, else None.
 
         Binding its exact addresses here proves nothing listens there any
-        more; the router then hands the lease over without waiting.
+        more; the router then hands the lease over without waiting.  Only a
+        holder of our own dispatcher name is our predecessor: a dispatcher
+        holding one of our keywords under another name is no one to replace.
         """
+        if holder.get("dispatcher") != self.dispatcherName or holder.get("keyword"):
+            return defer.succeed(None)
         if holder.get("host") != self.host or holder.get("protocol") != self.protocol:
             return defer.succeed(None)
         ports = (holder.get("dispatchPort"), holder.get("broadcastPort"))
@@ -253,14 +302,11 @@ class RouterLink:
         if not all(addressFree(bindAddress(self.protocol, self.bindHost, p)) for p in ports):
             return defer.succeed(None)  # alive (perhaps frozen), or someone else's now
         d = self._request(
-            lambda i: Register(i, self.service, self.host, self.instance, *ports,
-                               self.dispatcher.heartbeatInterval, self.protocol, takeover=True),
-            "take over",
-        )
+            lambda i: self._registerMessage(i, ports, keywords, takeover=True), "take over")
 
         def tookOver(leased):
             log.info("{service}: its previous dispatcher on this host is gone (ports {d}/{b} "
-                     "were free); took its lease over", service=self.service, d=ports[0],
+                     "were free); took its lease over", service=self.label, d=ports[0],
                      b=ports[1])
             return leased
 
@@ -324,15 +370,59 @@ class RouterLink:
     # -- heartbeat: renew, register again after a router restart, or be fenced
 
     def beat(self):
-        """Renew the lease (called on every dispatcher heartbeat)."""
+        """Renew the lease (called on every dispatcher heartbeat).
+
+        When our dispatcher's keywords changed since the router last took
+        them (a keyword added while serving), register again instead, with
+        the same ports and secret, so the router learns them.  A set the
+        router refused is not asked for again until it changes once more.
+        """
         if self._renewing is not None or self._ports is None or self.fenced:
             return
-        d = self._request(lambda i: Renew(i, self.service, self.instance, self._secret),
-                          "renew")
-        d.addErrback(self._registerAgain)
+        keywords = self._currentKeywords()
+        if keywords != self._announced and keywords != self._refused:
+            d = self._request(
+                lambda i: self._registerMessage(i, self._ports, keywords, secret=self._secret),
+                "register the keywords of")
+            d.addCallback(self._announcedKeywords, keywords)
+            d.addErrback(self._keywordsRefused, keywords)
+        else:
+            d = self._request(
+                lambda i: Renew(i, self.service, self.instance, self._secret,
+                                self.dispatcherName),
+                "renew")
+            d.addErrback(self._registerAgain)
         d.addCallbacks(self._renewed, self._renewFailed)
         d.addBoth(self._doneRenewing)
         self._renewing = d
+
+    def _announcedKeywords(self, leased, keywords):
+        self._announced, self._refused = keywords, None
+        return leased
+
+    def _keywordsRefused(self, failure, keywords):
+        """Another dispatcher of the service owns a keyword we added: keep the lease we have.
+
+        The router left our lease as it was (with the keywords it had):
+        renew it.  The refused set is not claimed again until it changes
+        (another keyword added): claiming it with every heartbeat would,
+        after a router restart, race the keyword's owner registering again,
+        and fence the owner if we won.
+        """
+        failure.trap(LeaseConflict)
+        detail = failure.value.detail
+        if not detail.get("keyword") or detail.get("dispatcher") == self.dispatcherName \
+                or detail.get("service") != self.service:
+            return failure  # about our lease itself: fenced, as for a renewal
+        log.error("{service}: the keywords it serves now are refused by the router, which "
+                  "sends clients elsewhere for them: {why} (serve each keyword from one "
+                  "dispatcher only)", service=self.label, why=failure.getErrorMessage())
+        self._refused = keywords
+        d = self._request(
+            lambda i: Renew(i, self.service, self.instance, self._secret, self.dispatcherName),
+            "renew")
+        d.addErrback(self._registerAgain)
+        return d
 
     def _registerAgain(self, failure):
         failure.trap(LeaseError)
@@ -342,27 +432,28 @@ class RouterLink:
         # while we could not reach it): claim the ports we hold.
         if not self._routerLost:
             log.info("{service}: the router forgot our lease; registering again",
-                     service=self.service)
+                     service=self.label)
+        # Only the keywords the router had accepted: one it refused us is
+        # not ours to claim first after a router restart.
+        keywords = self._announced if self._announced is not None else self._currentKeywords()
         return self._request(
-            lambda i: Register(
-                i, self.service, self.host, self.instance, *self._ports,
-                self.dispatcher.heartbeatInterval, self.protocol, secret=self._secret,
-            ),
+            lambda i: self._registerMessage(i, self._ports, keywords, secret=self._secret),
             "register",
         )
 
     def _renewed(self, leased):
         self._secret = leased.secret  # a restarted router hands out a new one
         if self._routerLost:
-            log.info("{service}: the router answers again", service=self.service)
+            log.info("{service}: the router answers again", service=self.label)
             self._routerLost = False
 
     def _renewFailed(self, failure):
         failure.trap(RouterUnavailable, CauldronTimeout, LeaseError)
         conflict = failure.value
         if failure.check(LeaseConflict) and conflict.detail.get("service") == self.service:
-            # The router gave our service to another dispatcher (our lease
-            # expired while we could not reach it): it is theirs now.
+            # The router gave our dispatcher name, or one of our keywords, to
+            # another dispatcher (our lease expired while we could not reach
+            # it): it is theirs now.
             self.fenced = True
             self.dispatcher.fence(conflict)
             return
@@ -371,7 +462,7 @@ class RouterLink:
     def _routerGone(self, failure):
         first = not self._routerLost
         if first:
-            log.warn("{service}: cannot renew the lease: {why}", service=self.service,
+            log.warn("{service}: cannot renew the lease: {why}", service=self.label,
                      why=failure.getErrorMessage())
             self._routerLost = True
         now = self.reactor.seconds()
@@ -387,7 +478,7 @@ class RouterLink:
                 self._spawnRouter(failure.value)
             except RouterUnavailable as e:
                 if first:
-                    log.info("{service}: {why}", service=self.service, why=e)
+                    log.info("{service}: {why}", service=self.label, why=e)
 
     def _doneRenewing(self, _):
         self._renewing = None
@@ -402,8 +493,8 @@ class RouterLink:
             d = defer.succeed(None)
         else:
             d = self._channel.request(lambda i: Release(i, self.service, self.instance,
-                                                        self._secret),
-                                      f"release {self.service}",
+                                                        self._secret, self.dispatcherName),
+                                      f"release {self.label}",
                                       min(self._channel.timeout, RELEASE_TIMEOUT))
             d.addErrback(lambda f: None)
         d.addBoth(self._close)
@@ -418,10 +509,13 @@ class RouterLink:
 
 
 def _holderLine(conflict):
-    """One honest line about who holds the service, for a dispatcher that must wait."""
+    """One honest line about who holds what we asked for, for a dispatcher that must wait."""
     holder = conflict.detail
     where = (f"host {holder.get('host', '?')}, ports {holder.get('dispatchPort', '?')}/"
              f"{holder.get('broadcastPort', '?')}")
+    if holder.get("keyword"):
+        where = (f"keyword {holder['keyword']} is served by dispatcher "
+                 f"{holder.get('dispatcher', '?')!r}, {where}")
     age, expiresIn = float(holder.get("age", 0)), float(holder.get("expiresIn", 0))
     interval = float(holder.get("ttl", DEFAULT_LEASE_TTL)) / 3
     if age <= 1.5 * interval:
@@ -432,31 +526,43 @@ def _holderLine(conflict):
 
 
 class Locator:
-    """A client's questions to the router: where does a service live?"""
+    """A client's questions to the router: where do a service's dispatchers live?"""
 
     def __init__(self, config, transport, timeout=None):
         self._channel = routerChannel(config, transport, timeout)
 
-    def locate(self, service):
-        """Fires with the service's :class:`Where`; UnknownService if none.
+    def locate(self, service, keyword=None):
+        """Fires with a list of :class:`Where`, one per dispatcher of the service.
 
-        ``owner`` identifies the run of the dispatcher that holds the lease;
-        clients send it with their requests so no other dispatcher serves them.
-        In secure mode the router, authenticated by its own key, vouches for
-        the dispatcher's key; a Location without one is refused.
+        Sorted by dispatcher name; with ``keyword``, just the dispatcher
+        owning it (UnknownKeyword if no live dispatcher of the service owns
+        it).  UnknownService if the service has no live dispatcher.
+        ``owner`` identifies the run of a dispatcher that holds its lease;
+        clients send it with their requests so no other dispatcher serves
+        them.  In secure mode the router, authenticated by its own key,
+        vouches for each dispatcher's key; a location without one is refused.
         """
-        d = self._channel.request(lambda i: Locate(i, service), f"locate {service!r}")
+        what = f"locate {service!r}" if keyword is None else f"locate {service}.{keyword}"
+        d = self._channel.request(lambda i: Locate(i, service, keyword or ""), what)
         d.addCallback(self._where, service)
         return d
 
-    def _where(self, location, service):
-        serverKey = None
-        if self._channel.serverKey is not None:
-            serverKey = location.serverKey.encode("ascii", "replace")
-            if not isValidKey(serverKey):
-                raise ProtocolError(f"the router named no valid key for service {service!r}")
-        return Where(location.dispatchAddress, location.broadcastAddress, location.owner,
-                     serverKey)
+    def _where(self, locations, service):
+        if not locations.dispatchers:
+            raise UnknownService(f"the router names no dispatcher of service {service!r}")
+        found = []
+        for location in sorted(locations.dispatchers, key=lambda entry: entry.dispatcher):
+            serverKey = None
+            if self._channel.serverKey is not None:
+                serverKey = location.serverKey.encode("ascii", "replace")
+                if not isValidKey(serverKey):
+                    raise ProtocolError(
+                        f"the router named no valid key for dispatcher "
+                        f"{location.dispatcher!r} of service {service!r}")
+            found.append(Where(location.dispatchAddress, location.broadcastAddress,
+                               location.owner, serverKey, location.dispatcher, location.host,
+                               tuple(location.keywords)))
+        return found
 
     def request(self, makeMessage, what):
         """Any other router request (e.g. ListServices)."""

@@ -1,9 +1,11 @@
 """twistd plugin options and service makers.
 
-``twistd -n cauldron-dispatcher -c CONFIG -s SERVICE -k KEYWORDS.toml`` serves
-the keywords of a TOML file.  Everything that can be checked before the
-reactor runs (configuration, keyword file) is checked in ``postOptions``, so a
-bad file is a usage error: twistd prints it and exits non-zero.
+``twistd -n cauldron-dispatcher -c CONFIG -s SERVICE [-d DISPNAME] -k KEYWORDS.toml``
+serves the keywords of a TOML file (``-d`` names this dispatcher within a
+service spread over several; the service name by default).  Everything that
+can be checked before the reactor runs (configuration, keyword file) is
+checked in ``postOptions``, so a bad file is a usage error: twistd prints it
+and exits non-zero.
 
 A failure to start (an address in use, say) only shows once the reactor
 runs; :class:`DispatcherRunner` turns it into one log line, a stopped reactor
@@ -98,10 +100,12 @@ class DispatcherOptions(usage.Options):
     hold the validated configuration and the keywords to serve.
     """
 
-    synopsis = "[-c CONFIG] -s SERVICE -k KEYWORDS.toml [--heartbeat SECONDS]"
+    synopsis = "[-c CONFIG] -s SERVICE [-d DISPNAME] -k KEYWORDS.toml [--heartbeat SECONDS]"
     optParameters = [
         ["config", "c", None, "Configuration file (default: $CAULDRON_CONFIG, else built-in)."],
         ["service", "s", None, "Name of the service to serve (required)."],
+        ["dispatcher", "d", None,
+         "Name of this dispatcher within the service (default: the service name)."],
         ["keywords", "k", None, "TOML file defining the keywords (required)."],
         [
             "heartbeat",
@@ -127,6 +131,12 @@ class DispatcherOptions(usage.Options):
         if not serviceName or any(c.isspace() for c in serviceName):
             raise usage.UsageError("--service: bad service name %r" % (self["service"],))
         self["service"] = serviceName
+        if self["dispatcher"] is not None:
+            dispatcherName = self["dispatcher"].strip()
+            if not dispatcherName or any(c.isspace() for c in dispatcherName):
+                raise usage.UsageError(
+                    "--dispatcher: bad dispatcher name %r" % (self["dispatcher"],))
+            self["dispatcher"] = dispatcherName
         try:
             self.loadedConfig = _config.load(self["config"])
             self.keywordObjects = loadKeywords(self["keywords"])
@@ -167,7 +177,7 @@ class DispatcherRunner(service.MultiService):
     def _ready(self, addresses):
         log.info(
             "cauldron-dispatcher: serving {name!r}: dispatch {dispatch}, broadcast {broadcast}",
-            name=self.dispatcher.name,
+            name=self.dispatcher.label,
             dispatch=addresses[0],
             broadcast=addresses[1],
         )
@@ -185,7 +195,7 @@ class DispatcherRunner(service.MultiService):
         _abortStart(
             self._reactor, self._exitWith,
             "cauldron-dispatcher: cannot serve %r: %s"
-            % (self.dispatcher.name, failure.getErrorMessage()),
+            % (self.dispatcher.label, failure.getErrorMessage()),
         )
 
 
@@ -275,5 +285,6 @@ def makeDispatcherService(options, reactor=None):
         keywords=options.keywordObjects,
         reactor=reactor,
         heartbeatInterval=options["heartbeat"],
+        dispatcher=options["dispatcher"],
     )
     return DispatcherRunner(dispatcher, reactor=reactor)

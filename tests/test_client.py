@@ -123,7 +123,7 @@ class ValueTests(unittest.TestCase):
     def test_unsendableValue(self):
         """A value no keyword can hold fails locally with BadValue, before sending."""
         yield self.assertFailure(self.remote["MSG"].write({"a": 1}), errors.BadValue)
-        self.assertEqual(self.remote._channel.pending, 0)
+        self.assertEqual(self.remote.primary._channel.pending, 0)
 
     @defer.inlineCallbacks
     def test_typedErrorsReachTheClient(self):
@@ -331,10 +331,10 @@ class MonitorTests(unittest.TestCase):
         keyword = remote["GAPPY"]
         latest = keyword.latest
         keyword._broadcast(latest._replace(sequence=latest.sequence + 1, binary=4, ascii="4"))
-        self.assertEqual(remote._channel.pending, 0)  # consecutive: no re-read
+        self.assertEqual(remote.primary._channel.pending, 0)  # consecutive: no re-read
         keyword._broadcast(latest._replace(sequence=latest.sequence + 3, binary=6, ascii="6"))
-        self.assertEqual(remote._channel.pending, 1)  # gap: one Read in flight
-        yield eventually(lambda: reads and remote._channel.pending == 0)
+        self.assertEqual(remote.primary._channel.pending, 1)  # gap: one Read in flight
+        yield eventually(lambda: reads and remote.primary._channel.pending == 0)
         self.assertEqual(len(reads), 1)
 
     @defer.inlineCallbacks
@@ -356,8 +356,8 @@ class MonitorTests(unittest.TestCase):
         keyword._broadcastMany([value(1, 4), value(1, 4), value(0, 3), value(4, 7)])
         self.assertEqual(seen, [(3, 0), (4, 0), (7, 2)])
         self.assertEqual(keyword.latest.binary, 7)
-        self.assertEqual(remote._channel.pending, 1)  # the gap: one Read in flight
-        yield eventually(lambda: reads and remote._channel.pending == 0)
+        self.assertEqual(remote.primary._channel.pending, 1)  # the gap: one Read in flight
+        yield eventually(lambda: reads and remote.primary._channel.pending == 0)
 
     @defer.inlineCallbacks
     def test_heartbeatAnnouncingNewerSequenceTriggersReread(self):
@@ -414,7 +414,7 @@ class DeadlineTests(unittest.TestCase):
         newer = remote["FAST"].read()
         stalled.callback(None)  # the stale read's reply is now sent, and must be dropped
         self.assertEqual((yield newer), "2")
-        self.assertEqual(remote._channel.pending, 0)
+        self.assertEqual(remote.primary._channel.pending, 0)
 
     @defer.inlineCallbacks
     def test_lateReplyDropped(self):
@@ -528,13 +528,13 @@ class DeadlineTests(unittest.TestCase):
         slow = keywords.Integer("SLOW", initial=1, read=lambda: stalled)
         dispatcher, client, remote = yield startPair(self, [slow])
         pending = remote["SLOW"].read()
-        yield eventually(lambda: remote._channel.pending == 1)
+        yield eventually(lambda: remote.primary._channel.pending == 1)
         readers = set(globalReactor.getReaders())
         yield client.stopService()
         yield self.assertFailure(pending, defer.CancelledError)
-        self.assertEqual(remote._channel.pending, 0)
-        self.assertTrue(remote._subscriber.closed)
-        self.assertIsNone(remote._channel._dealer)
+        self.assertEqual(remote.primary._channel.pending, 0)
+        self.assertTrue(remote.primary._subscriber.closed)
+        self.assertIsNone(remote.primary._channel._dealer)
         self.assertIsNone(client._transport)
         self.assertFalse(any(r in readers for r in globalReactor.getReaders()
                              if getattr(r, "factory", 1) is None))
@@ -599,7 +599,12 @@ class LivenessTests(unittest.TestCase):
         self.assertEqual(states, [False])
         # L x HB (+ 0.5 s of slack for timer granularity, as in reliability.md R1)
         self.assertLessEqual(elapsed, LIVENESS * HEARTBEAT + 0.5)
-        yield self.assertFailure(remote["COUNT"].read(timeout=0.2), errors.CauldronTimeout)
+        # A request for a dispatcher known to be silent fails at once, not at its timeout.
+        asked = globalReactor.seconds()
+        error = yield self.assertFailure(remote["COUNT"].read(timeout=5),
+                                         errors.ServiceUnavailable)
+        self.assertLess(globalReactor.seconds() - asked, 1.0)
+        self.assertIn("not answering", str(error))
 
         second = yield startDispatcher(
             self, [keywords.Integer("COUNT", initial=42)], heartbeatInterval=HEARTBEAT,
@@ -646,7 +651,7 @@ class LivenessTests(unittest.TestCase):
         )
         yield eventually(lambda: remote.heartbeatInterval == HEARTBEAT)
         pending = remote["SLOW"].read()
-        yield eventually(lambda: remote._channel.pending == 1)
+        yield eventually(lambda: remote.primary._channel.pending == 1)
         yield dispatcher.stopService()
         error = yield self.assertFailure(pending, errors.ServiceUnavailable)
         self.assertIn("stopped answering", str(error))
@@ -661,10 +666,11 @@ class LivenessTests(unittest.TestCase):
         )
         yield eventually(lambda: remote.heartbeatInterval == HEARTBEAT)
         limit = LIVENESS * HEARTBEAT
-        yield eventually(lambda: remote._watchdog.getTime() - remote._lastHeard <= limit)
+        primary = remote.primary
+        yield eventually(lambda: primary._watchdog.getTime() - primary._lastHeard <= limit)
         for nonsense in (float("nan"), float("inf"), 0.0, -1.0):
             beat = Heartbeat("demo", remote.epoch, 0.0, nonsense, {})
-            remote._received(codec.encodeBroadcast(beat))
+            remote.primary._received(codec.encodeBroadcast(beat))
             self.assertEqual(remote.heartbeatInterval, HEARTBEAT)
-            self.assertLessEqual(remote._watchdog.getTime() - remote._lastHeard, limit)
+            self.assertLessEqual(primary._watchdog.getTime() - primary._lastHeard, limit)
         self.assertTrue(remote.connected)

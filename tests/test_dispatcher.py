@@ -5,6 +5,7 @@ import random
 from helpers import eventually, startDispatcher, startPair, turn
 from twisted.internet import defer
 from twisted.internet import reactor as globalReactor
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial import unittest
 
 from cauldron import dispatcher as dispatcher_module
@@ -226,6 +227,18 @@ class LocalApiTests(unittest.TestCase):
         self.assertRaises(
             errors.BadValue, DispatcherService, "two", None, [temp], reactor=globalReactor
         )
+
+    def test_dispatcherName(self):
+        """A dispatcher is named within its service: the service name unless told otherwise."""
+        plain = DispatcherService("Demo", None, reactor=globalReactor)
+        self.assertEqual((plain.name, plain.dispatcherName, plain.label), ("demo", "demo", "demo"))
+        part = DispatcherService("DEIMOT", None, reactor=globalReactor, dispatcher="Motors")
+        self.assertEqual((part.name, part.dispatcherName, part.label),
+                         ("deimot", "motors", "deimot/motors"))
+        for bad in ("", "two words", "tab\there", 5):
+            error = self.assertRaises(errors.ConfigError, DispatcherService, "demo", None,
+                                      reactor=globalReactor, dispatcher=bad)
+            self.assertIn(repr(bad), str(error))
 
     def test_setupCallable(self):
         """setup(dispatcher) runs at construction and can add keywords."""
@@ -572,6 +585,27 @@ class BroadcastTests(unittest.TestCase):
         count.set(3)
         dispatcher.fence(errors.LeaseConflict("taken", detail={"host": "elsewhere"}))
         self.assertEqual((dispatcher._outbox, dispatcher._flushing), ({}, None))
+
+    @defer.inlineCallbacks
+    def test_fencingSaysWhatWasLost(self):
+        """The fencing line names the dispatcher, and the keyword another one took."""
+        part = yield startDispatcher(self, [keywords.Integer("M1")], name="deimot",
+                                     dispatcher="motors")
+        named = yield startDispatcher(self, [keywords.Integer("M2")], name="deimot",
+                                      dispatcher="other")
+        with capturedLogs() as events:
+            part.fence(errors.LeaseConflict("taken", detail={
+                "host": "h2", "dispatchPort": 1, "broadcastPort": 2, "keyword": "M1",
+                "dispatcher": "rival"}))
+            named.fence(errors.LeaseConflict("taken", detail={"host": "h3"}))
+        lines = [formatEvent(e) for e in events if "fenced" in formatEvent(e)]
+        self.assertEqual(lines, [
+            "dispatcher deimot/motors fenced: keyword DEIMOT.M1 is now served by dispatcher "
+            "'rival' on host h2 (ports 1/2); stopped serving it",
+            "dispatcher deimot/other fenced: dispatcher name 'other' of service 'deimot' is "
+            "now held by another dispatcher on host h3 (ports ?/?); stopped serving it",
+        ])
+        self.assertEqual((part.state, named.state), ("fenced", "fenced"))
 
     @defer.inlineCallbacks
     def test_welcomeNeverOvertakesWaitingChanges(self):

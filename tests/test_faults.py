@@ -382,7 +382,7 @@ class ClientFaultTests(unittest.TestCase):
 
         def watchdogs():
             return [c for c in globalReactor.getDelayedCalls()
-                    if getattr(c.func, "__self__", None) is remote]
+                    if getattr(c.func, "__self__", None) is remote.primary]
 
         for interval in (0.2, 0.05, 0.3, HEARTBEAT):
             dispatcher.heartbeatInterval = interval

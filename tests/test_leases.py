@@ -257,7 +257,7 @@ def test_exhaustionMessageAndConsistency():
         table.lease("late", "h", "ilate", now=1.0, secret=SECRET)
     assert not isinstance(caught.value, LeaseConflict)
     assert str(caught.value) == (
-        "no free port pair in [6600, 6700) on host 'h': 50 services hold leases"
+        "no free port pair in [6600, 6700) on host 'h': 50 dispatchers hold leases"
     )
     assert table.leases(1.0) == before
     assert len(table) == 50
@@ -272,7 +272,7 @@ def test_exhaustionByAvoidMentionsIt():
     with pytest.raises(LeaseError) as caught:
         table.lease("a", "h", "ia", now=1.0, avoid=[6600, 6602], secret=SECRET)
     assert str(caught.value) == (
-        "no free port pair in [6600, 6604) on host 'h': 1 service holds a lease,"
+        "no free port pair in [6600, 6604) on host 'h': 1 dispatcher holds a lease,"
         " 2 ports in use on the host avoided"
     )
     assert table.locate("a", now=1.0).ports == (6600, 6601)
@@ -471,10 +471,270 @@ def test_leasesPerHostCapped():
     assert table.lease("d", "modest", "d", now=0.0).ports == (6600, 6601)
 
 
+# -- several dispatchers per service (issue 13) ----------------------------
+
+
+def test_dispatchersOfOneServiceHoldTheirOwnLeases(table):
+    """Two dispatchers of one service with disjoint keywords each get a pair of their own."""
+    motors = table.lease("DEIMOT", "h", "i1", now=0.0, secret=SECRET, dispatcher="Motors",
+                         keywords=["m1", "M2"])
+    temps = table.lease("deimot", "h", "i2", now=0.0, secret=SECRET, dispatcher="temps",
+                        keywords=["TEMP"])
+    assert (motors.service, motors.dispatcher, motors.keywords) == (
+        "deimot", "motors", frozenset({"M1", "M2"}))
+    assert (temps.dispatcher, temps.keywords) == ("temps", frozenset({"TEMP"}))
+    assert motors.ports == (6600, 6601) and temps.ports == (6602, 6603)
+    assert motors.label == "deimot/motors"
+    assert table.dispatchers("Deimot", now=1.0) == [motors, temps]
+    assert [lease.dispatcher for lease in table.leases(1.0)] == ["motors", "temps"]
+    assert len(table) == 2
+    # Each renews and releases its own lease.
+    assert table.renew("deimot", "i2", now=2.0, secret=SECRET, dispatcher="TEMPS").renewed == 2.0
+    assert table.expire(3.0) == [motors]
+    assert table.dispatchers("deimot", now=3.0) == [dataclasses.replace(temps, renewed=2.0)]
+    assert table.release("deimot", "i2", now=3.0, secret=SECRET, dispatcher="temps") is True
+    assert table.dispatchers("deimot", now=3.0) == []
+
+
+def test_defaultDispatcherIsTheServiceName(table):
+    """No dispatcher name means the service's own: today's single dispatcher, unchanged."""
+    lease = table.lease("Demo", "h", "i1", now=0.0, secret=SECRET)
+    assert (lease.dispatcher, lease.label) == ("demo", "demo")
+    assert table.lease("demo", "h", "i1", now=1.0, secret=SECRET, dispatcher="DEMO") == \
+        dataclasses.replace(lease, renewed=1.0)
+    assert table.renew("demo", "i1", now=2.0, secret=SECRET, dispatcher="").renewed == 2.0
+    with pytest.raises(LeaseConflict) as caught:
+        table.lease("demo", "h2", "i2", now=2.0, secret=SECRET, dispatcher="demo")
+    assert str(caught.value).startswith("service 'demo' is held by another dispatcher")
+    assert caught.value.detail["dispatcher"] == "demo"
+    assert "keyword" not in caught.value.detail
+
+
+def test_keywordOfAnotherDispatcherRefused(table):
+    """A keyword a live dispatcher of the service owns is refused, naming keyword and owner."""
+    motors = table.lease("deimot", "hostA", "i1", now=0.0, secret=SECRET, dispatcher="motors",
+                         keywords=["TEMP", "M1"])
+    before = table.leases(0.3)
+    with pytest.raises(LeaseConflict) as caught:
+        table.lease("deimot", "hostB", "i2", now=0.3, secret=SECRET, dispatcher="extra",
+                    keywords=["X", "temp"])
+    assert str(caught.value) == (
+        "keyword DEIMOT.TEMP is served by dispatcher 'motors' of service 'deimot' on host "
+        "'hostA', ports 6600/6601, which renewed its lease 0.3 s ago (it expires in 2.7 s "
+        "unless renewed)"
+    )
+    detail = caught.value.detail
+    assert (detail["keyword"], detail["dispatcher"], detail["service"]) == (
+        "TEMP", "motors", "deimot")
+    assert (detail["host"], detail["dispatchPort"], detail["broadcastPort"]) == (
+        "hostA", 6600, 6601)
+    assert detail["expiresIn"] == 2.7 and detail["instance"] == "i1"
+    assert motors.secret not in repr(detail)
+    # By register too, and the message counts the other clashes.
+    with pytest.raises(LeaseConflict, match=r"keyword DEIMOT\.M1 \(and 1 more\) is served by "
+                                            r"dispatcher 'motors'"):
+        table.register("deimot", "hostB", "i2", 6610, 6611, now=0.3, secret=SECRET,
+                       dispatcher="extra", keywords=["temp", "m1"])
+    assert table.leases(0.3) == before
+    # Another service may have a keyword of the same name: names are per service.
+    other = table.lease("other", "hostA", "i3", now=0.3, secret=SECRET, keywords=["TEMP"])
+    assert table.owner("other", "temp", now=0.3) == other
+    assert table.owner("deimot", "temp", now=0.3) == motors
+
+
+def test_keywordFreedWhenItsOwnerExpiresOrReleases(table):
+    """A refused keyword is granted once its owner's lease expired or was released."""
+    table.lease("deimot", "h", "i1", now=0.0, secret=SECRET, dispatcher="a", keywords=["K1"])
+    table.lease("deimot", "h", "i2", now=0.0, secret=SECRET, dispatcher="b", keywords=["K2"])
+    with pytest.raises(LeaseConflict):
+        table.lease("deimot", "h", "i3", now=2.9, secret=SECRET, dispatcher="c",
+                    keywords=["K1"])
+    taken = table.lease("deimot", "h", "i3", now=3.0, secret=SECRET, dispatcher="c",
+                        keywords=["K1"])
+    assert table.owner("deimot", "K1", now=3.0) == taken
+    table.lease("deimot", "h", "i2", now=3.0, secret=SECRET, dispatcher="b", keywords=["K2"])
+    with pytest.raises(LeaseConflict):
+        table.register("deimot", "h", "i4", 6690, 6691, now=3.0, secret=SECRET,
+                       dispatcher="d", keywords=["K2"])
+    assert table.release("deimot", "i2", now=3.0, secret=SECRET, dispatcher="b") is True
+    freed = table.register("deimot", "h", "i4", 6690, 6691, now=3.0, secret=SECRET,
+                           dispatcher="d", keywords=["K2"])
+    assert table.owner("deimot", "k2", now=3.0) == freed
+
+
+def test_sameDispatcherNameFollowsTheOneOwnerRule(table):
+    """Two processes with one dispatcher name: conflict, wait for expiry, or take over."""
+    held = table.lease("deimot", "h", "i1", now=0.0, secret=SECRET, dispatcher="motors",
+                       keywords=["M1"])
+    with pytest.raises(LeaseConflict) as caught:
+        table.lease("deimot", "h", "i2", now=1.0, secret=SECRET, dispatcher="MOTORS",
+                    keywords=["M1"])
+    assert str(caught.value).startswith(
+        "dispatcher 'motors' of service 'deimot' is held by another dispatcher "
+        "(instance 'i1') on host 'h', ports 6600/6601")
+    assert caught.value.detail["dispatcher"] == "motors"
+    assert "keyword" not in caught.value.detail
+    with pytest.raises(LeaseConflict):
+        table.renew("deimot", "i2", now=1.0, secret=SECRET, dispatcher="motors")
+    assert table.release("deimot", "i2", now=1.0, secret=SECRET, dispatcher="motors") is False
+    # A restarted instance on the same host and ports takes over at once, keywords included.
+    new = table.register("deimot", "h", "i2", *held.ports, now=1.0, takeover=True,
+                         secret=SECRET, dispatcher="motors", keywords=["M1", "M3"])
+    assert (new.instance, new.keywords) == ("i2", frozenset({"M1", "M3"}))
+    assert table.dispatchers("deimot", now=1.0) == [new]
+    # Otherwise, after expiry.
+    assert table.lease("deimot", "h2", "i3", now=4.0, secret=SECRET, dispatcher="motors",
+                       keywords=["M1"]).instance == "i3"
+
+
+def test_takeoverRefusedForAKeywordOfAnotherDispatcher(table):
+    """A takeover of one's own name still may not take another dispatcher's keyword."""
+    held = table.lease("deimot", "h", "i1", now=0.0, secret=SECRET, dispatcher="a",
+                       keywords=["K1"])
+    table.lease("deimot", "h", "i2", now=0.0, secret=SECRET, dispatcher="b", keywords=["K2"])
+    before = table.leases(1.0)
+    with pytest.raises(LeaseConflict, match="keyword DEIMOT.K2 is served by dispatcher 'b'"):
+        table.register("deimot", "h", "i3", *held.ports, now=1.0, takeover=True, secret=SECRET,
+                       dispatcher="a", keywords=["K1", "K2"])
+    assert table.leases(1.0) == before
+
+
+def test_stickyPortsPerDispatcher(table):
+    """Each dispatcher of a service gets its own previous pair back, not its sibling's."""
+    a = table.lease("deimot", "h", "ia", now=0.0, secret=SECRET, dispatcher="a")
+    b = table.lease("deimot", "h", "ib", now=0.0, secret=SECRET, dispatcher="b")
+    table.lease("other", "h", "io", now=0.0, secret=SECRET)
+    table.release("deimot", "ia", now=0.0, secret=SECRET, dispatcher="a")
+    table.release("deimot", "ib", now=0.0, secret=SECRET, dispatcher="b")
+    # b comes back first: it gets its own pair, not the lowest free one (a's).
+    assert table.lease("deimot", "h", "ib2", now=1.0, secret=SECRET,
+                       dispatcher="b").ports == b.ports
+    assert table.lease("deimot", "h", "ia2", now=1.0, secret=SECRET,
+                       dispatcher="a").ports == a.ports
+
+
+def test_holderChangesItsKeywords(table):
+    """The holder may change its list; a conflicting change is refused and changes nothing."""
+    table.lease("deimot", "h", "i1", now=0.0, secret=SECRET, dispatcher="a", keywords=["K1"])
+    table.lease("deimot", "h", "i2", now=0.0, secret=SECRET, dispatcher="b", keywords=["K2"])
+    changed = table.lease("deimot", "h", "i1", now=1.0, secret=SECRET, dispatcher="a",
+                          keywords=["K3", "K4"])
+    assert (changed.keywords, changed.ports, changed.renewed) == (
+        frozenset({"K3", "K4"}), (6600, 6601), 1.0)
+    assert table.owner("deimot", "K1", now=1.0) is None  # given up: free for anyone
+    assert table.owner("deimot", "K4", now=1.0) == changed
+    # Register, as a dispatcher announcing a keyword added while it runs.
+    more = table.register("deimot", "h", "i1", 6600, 6601, now=1.5, secret=SECRET,
+                          dispatcher="a", keywords=["K3", "K4", "K5"])
+    assert (more.keywords, more.granted) == (frozenset({"K3", "K4", "K5"}), 0.0)
+    before = table.leases(2.0)
+    for attempt in (
+        lambda: table.lease("deimot", "h", "i1", now=2.0, secret=SECRET, dispatcher="a",
+                            keywords=["K3", "K2"]),
+        lambda: table.register("deimot", "h", "i1", 6600, 6601, now=2.0, secret=SECRET,
+                               dispatcher="a", keywords=["K2"]),
+        lambda: table.lease("deimot", "h", "i1", now=2.0, secret=SECRET, dispatcher="a",
+                            avoid=[6600], keywords=["K2"]),
+    ):
+        with pytest.raises(LeaseConflict, match="keyword DEIMOT.K2 is served by dispatcher 'b'"):
+            attempt()
+        assert table.leases(2.0) == before
+    assert table.owner("deimot", "K5", now=2.0) == more
+    # A renewal keeps the keywords.
+    assert table.renew("deimot", "i1", now=2.5, secret=SECRET, dispatcher="a").keywords == \
+        more.keywords
+
+
+def test_ownerAndDispatchers(table):
+    """owner() names the live dispatcher of a keyword, dispatchers() a service's, by name."""
+    assert table.dispatchers("deimot", now=0.0) == []
+    assert table.owner("deimot", "K1", now=0.0) is None
+    z = table.lease("deimot", "h", "iz", now=0.0, secret=SECRET, dispatcher="z", keywords=["K1"])
+    a = table.lease("deimot", "h", "ia", now=1.0, secret=SECRET, dispatcher="a", keywords=["K2"])
+    d = table.lease("deimot", "h", "id", now=0.0, secret=SECRET, keywords=["K3"])
+    assert table.dispatchers("DEIMOT", now=1.0) == [a, d, z]
+    assert table.owner("Deimot", "k1", now=1.0) == z
+    assert table.owner("deimot", "nope", now=1.0) is None
+    assert table.owner("other", "K1", now=1.0) is None
+    # locate() gives the dispatcher named after the service, else the first by name.
+    assert table.locate("deimot", now=1.0) == d
+    assert table.locate("deimot", now=1.0, dispatcher="Z") == z
+    table.release("deimot", "id", now=1.0, secret=SECRET)
+    assert table.locate("deimot", now=1.0) == a
+    assert table.owner("deimot", "K1", now=3.0) is None  # z expired
+    assert table.dispatchers("deimot", now=3.0) == [a]
+    with pytest.raises(LeaseError):
+        table.owner("deimot", "", now=3.0)
+
+
+@pytest.mark.parametrize("keywords", [
+    "TEMP", b"TEMP", [""], [None], [5], ["OK", 5], 7, None,
+])
+def test_badKeywordsRefused(table, keywords):
+    """Keywords are a collection of non-empty names; anything else is a LeaseError."""
+    with pytest.raises(LeaseError) as caught:
+        table.lease("demo", "h", "i1", now=0.0, secret=SECRET, keywords=keywords)
+    assert not isinstance(caught.value, LeaseConflict)
+    with pytest.raises(LeaseError):
+        table.register("demo", "h", "i1", 6600, 6601, now=0.0, secret=SECRET,
+                       keywords=keywords)
+    assert len(table) == 0
+
+
+def test_keywordCountBounded(table):
+    """A dispatcher may claim at most MAX_KEYWORDS keywords."""
+    from cauldron.protocol.leases import MAX_KEYWORDS
+
+    many = [f"K{i}" for i in range(MAX_KEYWORDS)]
+    assert len(table.lease("big", "h", "i1", now=0.0, secret=SECRET,
+                           keywords=many).keywords) == MAX_KEYWORDS
+    with pytest.raises(LeaseError, match=f"at most {MAX_KEYWORDS} keywords"):
+        table.lease("huge", "h", "i2", now=0.0, secret=SECRET, keywords=many + ["ONE_MORE"])
+    assert [lease.service for lease in table.leases(0.0)] == ["big"]
+
+
+def test_badDispatcherName(table):
+    """A dispatcher name is a string."""
+    for name in (5, b"x", ["x"]):
+        with pytest.raises(LeaseError):
+            table.lease("demo", "h", "i", now=0.0, secret=SECRET, dispatcher=name)
+    assert len(table) == 0
+
+
+def test_portConflictNamesTheDispatcher(table):
+    """Ports held by a sibling dispatcher are refused, naming it; ports are per lease."""
+    table.lease("deimot", "h", "i1", now=0.0, secret=SECRET, dispatcher="motors")
+    with pytest.raises(LeaseConflict) as caught:
+        table.register("deimot", "h", "i2", 6600, 6601, now=1.0, secret=SECRET,
+                       dispatcher="temps")
+    assert str(caught.value).startswith(
+        "dispatcher 'temps' of service 'deimot' cannot register ports 6600/6601: "
+        "port 6600 is held by dispatcher 'motors' of service 'deimot' on host 'h'")
+    assert caught.value.detail["dispatcher"] == "motors"
+
+
+def test_leasesPerHostCountDispatchers():
+    """The per-host cap counts leases, so dispatchers of one service count one each."""
+    table = secretTable(maxPerHost=2)
+    table.lease("deimot", "greedy", "a", now=0.0, dispatcher="a")
+    table.lease("deimot", "greedy", "b", now=0.0, dispatcher="b")
+    with pytest.raises(LeaseError, match="'greedy' already holds 2 leases"):
+        table.lease("deimot", "greedy", "c", now=0.0, dispatcher="c")
+
+
+def test_renewUnknownDispatcherNamesIt(table):
+    """A renewal of a lease the router forgot names the dispatcher, so it registers again."""
+    with pytest.raises(LeaseError, match="dispatcher 'motors' of service 'deimot' holds no "
+                                         "live lease"):
+        table.renew("deimot", "i1", now=0.0, secret=SECRET, dispatcher="motors")
+
+
 # -- model-based test -----------------------------------------------------
 
 FIRST, LAST = 6600, 6610  # five pairs: exhaustion is reached often
-SERVICES = ["a", "b", "c", "d", "e", "f", "A"]
+SERVICES = ["a", "b", "A"]
+DISPATCHERS = [None, "x", "X", "y"]  # None: the service's own name
+KEYWORDS = ["K1", "k1", "K2", "K3"]
 INSTANCES = ["i1", "i2"]
 HOSTS = ["h1", "h2"]
 ALIGNED = [(p, p + 1) for p in range(FIRST, LAST - 1, 2)]
@@ -489,10 +749,20 @@ class ModelLease:
     ports: tuple
     renewed: float
     explicit: bool
+    keywords: frozenset
+
+
+def identOf(service, dispatcher):
+    service = service.lower()
+    return (service, (dispatcher or service).lower())
 
 
 class LeaseMachine(RuleBasedStateMachine):
-    """Random lease/register/renew/release/advance steps against an in-memory model."""
+    """Random lease/register/renew/release/advance steps against an in-memory model.
+
+    Leases are keyed by (service, dispatcher) and claim keywords: one owner
+    per dispatcher name and one per keyword of a service, at every instant.
+    """
 
     def __init__(self):
         super().__init__()
@@ -504,18 +774,23 @@ class LeaseMachine(RuleBasedStateMachine):
     # model helpers
 
     def modelExpire(self):
-        for name in [n for n, m in self.live.items() if self.now >= m.renewed + TTL]:
-            del self.live[name]
+        for ident in [i for i, m in self.live.items() if self.now >= m.renewed + TTL]:
+            del self.live[ident]
 
     def taken(self, host, besides=None):
-        """Ports held on ``host`` by live leases other than service ``besides``."""
-        return {port for n, m in self.live.items() if m.host == host and n != besides
+        """Ports held on ``host`` by live leases other than ``besides``."""
+        return {port for i, m in self.live.items() if m.host == host and i != besides
                 for port in m.ports}
 
-    def modelStore(self, name, instance, host, pair, explicit=False):
-        self.live[name] = ModelLease(instance, host, pair, self.now, explicit)
+    def clashes(self, ident, keywords):
+        """Whether another live dispatcher of the service owns one of ``keywords``."""
+        return any(i[0] == ident[0] and i != ident and m.keywords & keywords
+                   for i, m in self.live.items())
+
+    def modelStore(self, ident, instance, host, pair, keywords, explicit=False):
+        self.live[ident] = ModelLease(instance, host, pair, self.now, explicit, keywords)
         if pair in ALIGNED:
-            self.previous[name] = pair
+            self.previous[ident] = pair
 
     def assertUnchanged(self, before):
         assert self.table.leases(self.now) == before
@@ -528,89 +803,108 @@ class LeaseMachine(RuleBasedStateMachine):
 
     @rule(
         service=st.sampled_from(SERVICES),
+        dispatcher=st.sampled_from(DISPATCHERS),
         host=st.sampled_from(HOSTS),
         instance=st.sampled_from(INSTANCES),
         avoid=st.frozensets(st.sampled_from(PORTS), max_size=3),
+        keywords=st.frozensets(st.sampled_from(KEYWORDS), max_size=2),
     )
-    def lease(self, service, host, instance, avoid):
+    def lease(self, service, dispatcher, host, instance, avoid, keywords):
         self.modelExpire()
-        name = service.lower()
+        ident = identOf(service, dispatcher)
+        claimed = frozenset(k.upper() for k in keywords)
         before = self.table.leases(self.now)
-        held = self.live.get(name)
+        held = self.live.get(ident)
         try:
-            got = self.table.lease(service, host, instance, self.now, avoid=avoid, secret=SECRET)
-        except LeaseConflict:
-            assert held is not None and held.instance != instance
+            got = self.table.lease(service, host, instance, self.now, avoid=avoid, secret=SECRET,
+                                   dispatcher=dispatcher, keywords=keywords)
+        except LeaseConflict as e:
+            if held is not None and held.instance != instance:
+                assert "keyword" not in e.detail
+            else:
+                assert self.clashes(ident, claimed)
+                assert e.detail["keyword"] in claimed
             self.assertUnchanged(before)
             return
         except LeaseError:
-            blocked = self.taken(host, besides=name) | avoid
+            blocked = self.taken(host, besides=ident) | avoid
             assert all(blocked & set(p) for p in ALIGNED), "LeaseError while a pair was free"
             self.assertUnchanged(before)
             return
-        assert got.service == name and got.instance == instance and got.host == host
+        assert not self.clashes(ident, claimed)
+        assert (got.service, got.dispatcher) == ident
+        assert got.instance == instance and got.host == host and got.keywords == claimed
         if held is not None:
             assert held.instance == instance
             if not avoid & set(held.ports) and held.host == host:
                 assert got.ports == held.ports
-                self.modelStore(name, instance, host, got.ports, held.explicit)
+                self.modelStore(ident, instance, host, got.ports, claimed, held.explicit)
                 return
-        taken = self.taken(host, besides=name)
+        taken = self.taken(host, besides=ident)
         free = [p for p in ALIGNED if not (set(p) & (taken | avoid))]
-        prev = self.previous.get(name)
+        prev = self.previous.get(ident)
         if prev in free:
             assert got.ports == prev, "the previous pair was free but not reused"
         else:
             assert got.ports == free[0]
-        self.modelStore(name, instance, host, got.ports)
+        self.modelStore(ident, instance, host, got.ports, claimed)
 
     @rule(
         service=st.sampled_from(SERVICES),
+        dispatcher=st.sampled_from(DISPATCHERS),
         host=st.sampled_from(HOSTS),
         instance=st.sampled_from(INSTANCES),
         pair=st.sampled_from(EXPLICIT),
+        keywords=st.frozensets(st.sampled_from(KEYWORDS), max_size=2),
     )
-    def register(self, service, host, instance, pair):
+    def register(self, service, dispatcher, host, instance, pair, keywords):
         self.modelExpire()
-        name = service.lower()
+        ident = identOf(service, dispatcher)
+        claimed = frozenset(k.upper() for k in keywords)
         before = self.table.leases(self.now)
-        held = self.live.get(name)
-        others = self.taken(host, besides=name)
+        held = self.live.get(ident)
+        others = self.taken(host, besides=ident)
+        refused = (held is not None and held.instance != instance) \
+            or self.clashes(ident, claimed) or bool(others & set(pair))
         try:
             got = self.table.register(service, host, instance, pair[0], pair[1], self.now,
-                                      secret=SECRET)
+                                      secret=SECRET, dispatcher=dispatcher, keywords=keywords)
         except LeaseConflict:
-            assert (held is not None and held.instance != instance) or others & set(pair)
+            assert refused
             self.assertUnchanged(before)
             return
-        assert not (held is not None and held.instance != instance)
-        assert not others & set(pair)
-        assert got.ports == pair
-        self.modelStore(name, instance, host, pair, explicit=True)
+        assert not refused
+        assert got.ports == pair and got.keywords == claimed
+        self.modelStore(ident, instance, host, pair, claimed, explicit=True)
 
-    @rule(service=st.sampled_from(SERVICES), instance=st.sampled_from(INSTANCES))
-    def renew(self, service, instance):
+    @rule(service=st.sampled_from(SERVICES), dispatcher=st.sampled_from(DISPATCHERS),
+          instance=st.sampled_from(INSTANCES))
+    def renew(self, service, dispatcher, instance):
         self.modelExpire()
-        name = service.lower()
-        held = self.live.get(name)
+        ident = identOf(service, dispatcher)
+        held = self.live.get(ident)
         try:
-            got = self.table.renew(service, instance, self.now, secret=SECRET)
+            got = self.table.renew(service, instance, self.now, secret=SECRET,
+                                   dispatcher=dispatcher)
         except LeaseError:
             assert held is None or held.instance != instance
             return
         assert held is not None and held.instance == instance
         assert got.renewed == self.now and got.ports == held.ports
+        assert got.keywords == held.keywords
         held.renewed = self.now
 
-    @rule(service=st.sampled_from(SERVICES), instance=st.sampled_from(INSTANCES))
-    def release(self, service, instance):
+    @rule(service=st.sampled_from(SERVICES), dispatcher=st.sampled_from(DISPATCHERS),
+          instance=st.sampled_from(INSTANCES))
+    def release(self, service, dispatcher, instance):
         self.modelExpire()
-        name = service.lower()
-        held = self.live.get(name)
+        ident = identOf(service, dispatcher)
+        held = self.live.get(ident)
         expected = held is not None and held.instance == instance
-        assert self.table.release(service, instance, self.now, secret=SECRET) is expected
+        assert self.table.release(service, instance, self.now, secret=SECRET,
+                                  dispatcher=dispatcher) is expected
         if expected:
-            del self.live[name]
+            del self.live[ident]
 
     # invariants
 
@@ -618,25 +912,40 @@ class LeaseMachine(RuleBasedStateMachine):
     def matchesModel(self):
         self.modelExpire()
         listed = self.table.leases(self.now)
-        actual = {lease.service: (lease.instance, lease.host, lease.ports, lease.renewed)
+        actual = {(lease.service, lease.dispatcher):
+                  (lease.instance, lease.host, lease.ports, lease.renewed, lease.keywords)
                   for lease in listed}
-        expected = {name: (m.instance, m.host, m.ports, m.renewed) for name, m in self.live.items()}
+        expected = {ident: (m.instance, m.host, m.ports, m.renewed, m.keywords)
+                    for ident, m in self.live.items()}
         assert actual == expected
         assert len(self.table) == len(listed)
+        assert listed == sorted(listed, key=lambda lease: (lease.service, lease.dispatcher))
 
     @invariant()
-    def noPortTwiceOneLeasePerService(self):
+    def noPortTwiceOneLeasePerDispatcher(self):
         listed = self.table.leases(self.now)
         held = [(lease.host, port) for lease in listed for port in lease.ports]
         assert len(held) == len(set(held))  # a port is held once per host
-        names = [lease.service for lease in listed]
+        names = [(lease.service, lease.dispatcher) for lease in listed]
         assert len(names) == len(set(names))
         assert all(lease.isLive(self.now) for lease in listed)
 
     @invariant()
+    def oneOwnerPerKeyword(self):
+        for service in {name.lower() for name in SERVICES}:
+            leases = self.table.dispatchers(service, self.now)
+            owned = [name for lease in leases for name in lease.keywords]
+            assert len(owned) == len(set(owned))
+            for name in {k.upper() for k in KEYWORDS}:
+                owner = self.table.owner(service, name, self.now)
+                owners = [lease for lease in leases if name in lease.keywords]
+                assert owners == ([] if owner is None else [owner])
+
+    @invariant()
     def pairsInRangeOrRegistered(self):
         for lease in self.table.leases(self.now):
-            assert self.table.isPair(*lease.ports) or self.live[lease.service].explicit
+            assert self.table.isPair(*lease.ports) \
+                or self.live[(lease.service, lease.dispatcher)].explicit
 
 
 LeaseMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)

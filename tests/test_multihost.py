@@ -56,8 +56,14 @@ READY = re.compile(
 STOPPED_ANSWERING = re.compile(r"cauldron: service 'demo' stopped answering")
 ANSWERS_AGAIN = re.compile(r"cauldron: service 'demo' answers again")
 SERVICE_LINE = re.compile(
-    r"^(?P<name>\S+)\s+(?P<host>\S+)\s+(?P<dispatch>\d+)\s+(?P<broadcast>\d+)\s+\S+$"
+    r"^(?P<name>\S+)\s+(?P<dispatcher>\S+)\s+(?P<host>\S+)\s+(?P<dispatch>\d+)\s+"
+    r"(?P<broadcast>\d+)\s+\S+\s+\d+ keywords?$"
 )
+#: keyword files of the two dispatchers of service ``deimot`` (one on each host)
+SPLIT_KEYWORDS = {
+    "motors": '[POS]\ntype = "integer"\ninitial = 0\n',
+    "detector": '[TEMP]\ntype = "double"\ninitial = 20.0\n',
+}
 OTHER_OWNER = "now served by another dispatcher"
 
 #: (what, seconds) measured by the tests, printed at the end of the module
@@ -132,14 +138,23 @@ class Cluster:
         router.waitForLine(LISTENING)
         return router
 
-    def startDispatcher(self, host, service="demo"):
-        """A dispatcher of ``service`` on ``host`` once it serves; ``(process, ports)``."""
+    def startDispatcher(self, host, service="demo", dispatcher=None):
+        """A dispatcher of ``service`` on ``host`` once it serves; ``(process, ports)``.
+
+        ``dispatcher`` names one of the two dispatchers of ``deimot``
+        (:data:`SPLIT_KEYWORDS`) instead of serving every demo keyword.
+        """
+        keywords, named, shown = str(self.keywords), [], service
+        if dispatcher is not None:
+            path = self.tmp / ("%s.toml" % (dispatcher,))
+            path.write_text(SPLIT_KEYWORDS[dispatcher])
+            keywords, named, shown = str(path), ["-d", dispatcher], service + "/" + dispatcher
         dispatcher = self.network.start(
             host, [*FOREGROUND, "cauldron-dispatcher", "-c", self.configs[host], "-s", service,
-                   "-k", str(self.keywords), "--heartbeat", str(HEARTBEAT)],
+                   *named, "-k", keywords, "--heartbeat", str(HEARTBEAT)],
             cwd=self.workdir(host))
         ready = dispatcher.waitForLine(READY)
-        assert (ready.group("name"), ready.group("host")) == (service, self.ip(host)), \
+        assert (ready.group("name"), ready.group("host")) == (shown, self.ip(host)), \
             dispatcher.text()
         return dispatcher, (int(ready.group("dispatch")), int(ready.group("broadcast")))
 
@@ -150,11 +165,11 @@ class Cluster:
                    "--timeout", str(timeout), *args],
             cwd=self.tmp)
 
-    def startMonitor(self, host, *keywords):
-        """``cauldron monitor -s demo KW...`` on ``host`` (stderr merged: liveness lines)."""
+    def startMonitor(self, host, *keywords, service="demo"):
+        """``cauldron monitor -s SERVICE KW...`` on ``host`` (stderr merged: liveness lines)."""
         return self.network.start(
             host, [sys.executable, "-m", "cauldron", "monitor", "-c", self.configs[host],
-                   "-s", "demo", *keywords],
+                   "-s", service, *keywords],
             cwd=self.workdir("monitor"))
 
     def startAgent(self, host, service="demo", config=None):
@@ -166,16 +181,20 @@ class Cluster:
 
     # -- asking
 
-    def show(self, *keywords, host="client", config=None, timeout=2.0):
-        return self.cauldron(host, "show", "-s", "demo", *keywords, config=config,
+    def show(self, *keywords, host="client", config=None, timeout=2.0, service="demo"):
+        return self.cauldron(host, "show", "-s", service, *keywords, config=config,
                              timeout=timeout)
 
-    def modify(self, *assignments, host="client", config=None, timeout=2.0):
-        return self.cauldron(host, "modify", "-s", "demo", *assignments, config=config,
+    def modify(self, *assignments, host="client", config=None, timeout=2.0, service="demo"):
+        return self.cauldron(host, "modify", "-s", service, *assignments, config=config,
                              timeout=timeout)
 
     def services(self):
-        """``{name: (host, dispatchPort, broadcastPort)}`` from the client host, or None."""
+        """``{name: (host, dispatchPort, broadcastPort)}`` from the client host, or None.
+
+        ``name`` is the service's, or ``service/dispatcher`` for a dispatcher
+        not named after its service.
+        """
         result = self.cauldron("client", "services")
         if result.returncode != 0:
             return None
@@ -183,8 +202,11 @@ class Cluster:
         for line in result.stdout.splitlines():
             match = SERVICE_LINE.match(line)
             assert match, "bad services line %r in:\n%s" % (line, result.stdout)
-            listed[match.group("name")] = (match.group("host"), int(match.group("dispatch")),
-                                           int(match.group("broadcast")))
+            name = match.group("name")
+            if match.group("dispatcher") != name:
+                name += "/" + match.group("dispatcher")
+            listed[name] = (match.group("host"), int(match.group("dispatch")),
+                            int(match.group("broadcast")))
         return listed
 
     def waitForListing(self, check, deadline=DEADLINE, what="listing"):
@@ -466,6 +488,46 @@ def test_dispatcherHostCutOff(cluster):
     assertAnswers(cluster.modify("POS=8", timeout=5), "POS = 8\n")
     monitor.waitForLine(monitorValue("POS", "8"), 5)
     assert reported - cut <= 3.5, "disconnection reported %.2f s after the cut" % (reported - cut)
+
+
+def test_serviceSpanningTwoHosts(cluster):
+    """deimot split over disp-a (POS) and disp-b (TEMP): one host cut off spares the other's."""
+    cluster.startRouter()
+    cluster.startDispatcher("disp-a", "deimot", "motors")
+    cluster.startDispatcher("disp-b", "deimot", "detector")
+    listed = cluster.waitForListing(lambda listed: len(listed) == 2)
+    assert {name: where[0] for name, where in listed.items()} == {
+        "deimot/motors": cluster.ip("disp-a"), "deimot/detector": cluster.ip("disp-b")}
+    assertAnswers(cluster.show("POS", "TEMP", service="deimot"), "POS = 0\nTEMP = 20.0\n")
+    assertAnswers(cluster.modify("POS=3", "TEMP=21.5", service="deimot"),
+                  "POS = 3\nTEMP = 21.5\n")
+    monitor = cluster.startMonitor("client", "POS", "TEMP", service="deimot")
+    monitor.waitForLine(monitorValue("POS", "3"))
+    monitor.waitForLine(monitorValue("TEMP", "21.5"))
+    agent = cluster.startAgent("client", "deimot")
+    agent.expect("connect", 5)
+    assert agent.expect("read", "POS", 2) == "3"
+
+    cut = cluster.cut("disp-a")
+    monitor.waitForLine(re.compile(
+        r"cauldron: service 'deimot' \(dispatcher 'motors'\) stopped answering"), 10)
+    figure("one dispatcher of two cut off: monitor names it", time.monotonic() - cut)
+    # disp-b's keyword is untouched: written, monitored and read, from the CLI and ktl.
+    assertAnswers(cluster.modify("TEMP=22.5", service="deimot"), "TEMP = 22.5\n")
+    monitor.waitForLine(monitorValue("TEMP", "22.5"))
+    assert agent.expect("read", "TEMP", 2) == "22.5"
+    refused = agent.call("read", "POS", 5)
+    assert not refused.ok and "motors" in refused.text, refused
+    assert refused.elapsed < 1.0, refused  # at once, not at the 5 s timeout
+
+    healed = cluster.heal("disp-a")
+    _, again = waitForLineAt(monitor, re.compile(
+        r"cauldron: service 'deimot' \(dispatcher 'motors'\) answers again"), 15)
+    figure("one dispatcher of two healed: monitor says it answers again", again - healed)
+    assert poll(lambda: agent.call("read", "POS", 2), lambda reply: reply.ok, 15,
+                "ktl reads POS again").text == "3"
+    assert agent.expect("write", "POS", 4, 5) == "4"
+    monitor.waitForLine(monitorValue("POS", "4"), 5)
 
 
 # -- 3. the router host cut off ---------------------------------------------------------

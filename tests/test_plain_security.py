@@ -51,7 +51,8 @@ class LeaseAttackTests(RouterTestCase):
         dispatcher = yield self.startDispatcher(cfg)
         stranger = Stranger(self, cfg)
         # Everything a stranger can learn about the holder: its instance id.
-        where = yield stranger.send(lambda i: Locate(i, "demo"))
+        located = yield stranger.send(lambda i: Locate(i, "demo"))
+        where = located.dispatchers[0]
         self.assertEqual(where.owner, dispatcher.epoch)
         return router, cfg, dispatcher, stranger
 

@@ -515,8 +515,71 @@ def test_requestsCarryAnId():
 
 def test_repliesCarryAnId():
     for cls in (M.Value, M.Description, M.KeywordList, M.Pong, M.Error, M.Ok,
-                M.Leased, M.Location, M.ServiceList):
+                M.Leased, M.Locations, M.ServiceList):
         assert msgspec.structs.fields(cls)[0].name == "id", cls
+
+
+# -- several dispatchers per service (issue 13) ------------------------------
+
+
+def fieldNames(cls):
+    return [field.name for field in msgspec.structs.fields(cls)]
+
+
+def test_dispatcherFieldsAppendedWithDefaults():
+    """The new fields come last, with defaults: a message without them still decodes."""
+    expected = {
+        M.Lease: (["dispatcher", "keywords"], ("", [])),
+        M.Register: (["dispatcher", "keywords"], ("", [])),
+        M.Renew: (["dispatcher"], ("",)),
+        M.Release: (["dispatcher"], ("",)),
+        M.Leased: (["dispatcher"], ("",)),
+        M.Locate: (["keyword"], ("",)),
+        M.ServiceEntry: (["dispatcher", "keywords"], ("", 0)),
+    }
+    for cls, (names, defaults) in expected.items():
+        assert fieldNames(cls)[-len(names):] == names, cls
+        fields = msgspec.structs.fields(cls)[-len(names):]
+        assert tuple(field.default_factory() if field.default is msgspec.NODEFAULT
+                     else field.default for field in fields) == defaults, cls
+    # As a sender that knows none of them encodes it (array_like: leading fields only).
+    old = msgspec.msgpack.encode(["lease", 7, "demo", "h", "i1", [6600], 1.0, "tcp", "s"])
+    lease = codec.decode([codec.VERSION, old])
+    assert (lease.dispatcher, lease.keywords, lease.secret) == ("", [], "s")
+    old = msgspec.msgpack.encode(["locate", 8, "demo"])
+    assert codec.decode([codec.VERSION, old]) == M.Locate(8, "demo", "")
+
+
+def test_locationsShape():
+    """Locations lists DispatcherLocation entries with exactly the contract's fields."""
+    assert fieldNames(M.DispatcherLocation) == [
+        "dispatcher", "host", "dispatchAddress", "broadcastAddress", "owner", "serverKey",
+        "keywords",
+    ]
+    assert fieldNames(M.Locations) == ["id", "service", "dispatchers"]
+    entry = M.DispatcherLocation("motors", "h", "tcp://h:1", "tcp://h:2", "run", "",
+                                 ["M1", "M2"])
+    reply = M.Locations(3, "deimot", [entry])
+    assert codec.decode(codec.encode(reply)) == reply
+    assert msgspec.inspect.type_info(M.Locations).tag == "locations"
+    assert not hasattr(M, "Location")
+    assert "Location" not in M.__all__ and {"Locations", "DispatcherLocation"} <= set(M.__all__)
+
+
+def test_oldLocationReplyIsRefused():
+    """The single-dispatcher 'location' reply is gone: a peer sending one is told so."""
+    payload = msgspec.msgpack.encode(["location", 1, "demo", "h", "tcp://h:1", "tcp://h:2"])
+    with pytest.raises(ProtocolError):
+        codec.decode([codec.VERSION, payload])
+
+
+def test_keywordsMustBeStrings():
+    """A lease's keyword list holds names only: anything else is refused on decode."""
+    for keywords in ([1], [None], "TEMP", {"TEMP": 1}):
+        payload = msgspec.msgpack.encode(
+            ["register", 1, "demo", "h", "i", 6600, 6601, 1.0, "tcp", False, "", "d", keywords])
+        with pytest.raises(ProtocolError):
+            codec.decode([codec.VERSION, payload])
 
 
 def test_tagsUnique():

@@ -104,22 +104,22 @@ class HeartbeatGapTests(unittest.TestCase):
 
     def beat(self, count):
         beat = Heartbeat(self.remote.name, self.remote.epoch, 0.0, QUIET_HEARTBEAT, {}, count)
-        self.remote._received(codec.encodeBroadcast(beat))
+        self.remote.primary._received(codec.encodeBroadcast(beat))
 
     @defer.inlineCallbacks
     def test_missedHeartbeatRereads(self):
         """Counts 7 then 9 re-read the monitored keyword only; consecutive counts do not."""
         before = dict(self.reads)
         self.beat(7)
-        self.assertEqual(self.remote._channel.pending, 0)
+        self.assertEqual(self.remote.primary._channel.pending, 0)
         self.beat(9)
-        self.assertEqual(self.remote._channel.pending, 1)  # one re-read, of MON
+        self.assertEqual(self.remote.primary._channel.pending, 1)  # one re-read, of MON
         yield eventually(lambda: self.reads["MON"] > before["MON"]
-                         and self.remote._channel.pending == 0)
+                         and self.remote.primary._channel.pending == 0)
         self.assertEqual(self.reads, {"MON": before["MON"] + 1, "OTHER": before["OTHER"]})
         self.beat(10)
         self.beat(11)
-        self.assertEqual(self.remote._channel.pending, 0)
+        self.assertEqual(self.remote.primary._channel.pending, 0)
         self.assertIsNone(self.remote["MON"]._refreshing)
 
 
@@ -194,7 +194,7 @@ class ClientLifecycleTests(unittest.TestCase):
         d = remote["N"].write(2**70)
         self.assertIsInstance(d, defer.Deferred)
         yield self.assertFailure(d, errors.BadValue)
-        self.assertEqual(remote._channel.pending, 0)
+        self.assertEqual(remote.primary._channel.pending, 0)
 
 
 class RestartTests(unittest.TestCase):
@@ -349,9 +349,9 @@ class FloodTests(unittest.TestCase):
         before = reads["K"]
         for _ in range(10):
             remote["K"]._refresh()
-        self.assertEqual(remote._channel.pending, 1)
+        self.assertEqual(remote.primary._channel.pending, 1)
         yield eventually(lambda: remote["K"]._refreshing is None
-                         and remote._channel.pending == 0)
+                         and remote.primary._channel.pending == 0)
         self.assertIn(reads["K"] - before, (1, 2))
 
     @defer.inlineCallbacks

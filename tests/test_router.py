@@ -5,18 +5,38 @@ import shutil
 import socket
 import tempfile
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet import reactor as globalReactor
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial import unittest
 
 from cauldron import config, keywords
 from cauldron.client import ClientService
 from cauldron.dispatcher import DispatcherService
-from cauldron.errors import LeaseError, ProtocolError, RouterUnavailable, UnknownService
+from cauldron.errors import (
+    LeaseConflict,
+    LeaseError,
+    PermissionDenied,
+    ProtocolError,
+    RouterUnavailable,
+    UnknownKeyword,
+    UnknownService,
+)
 from cauldron.protocol import codec
-from cauldron.protocol.messages import Lease, ListServices, Ping, Pong, ServiceList
+from cauldron.protocol.messages import (
+    DispatcherLocation,
+    Lease,
+    ListServices,
+    Locate,
+    Locations,
+    Ping,
+    Pong,
+    Register,
+    ServiceList,
+)
 from cauldron.requests import RequestChannel
 from cauldron.router import RouterService
+from cauldron.routerlink import Locator, Where
 from cauldron.transport import Transport, bindAddress, portOf
 from tests.helpers import HOST, eventually, freePort, randomLeaseStart
 
@@ -78,12 +98,28 @@ class RouterTestCase(unittest.TestCase):
         self.addCleanup(client.stopService)
         return client
 
-    def listServices(self, cfg):
+    @defer.inlineCallbacks
+    def startPart(self, cfg, service, dispatcher, names, heartbeatInterval=HEARTBEAT):
+        """A dispatcher named ``dispatcher`` serving keywords ``names`` of ``service``."""
+        part = DispatcherService(
+            service, cfg, [keywords.Integer(name, initial=i) for i, name in enumerate(names)],
+            reactor=globalReactor, heartbeatInterval=heartbeatInterval, dispatcher=dispatcher,
+        )
+        part.startService()
+        self.addCleanup(lambda: part.running and part.stopService())
+        yield part.whenReady()
+        return part
+
+    def channel(self, cfg, timeout=1.0):
+        """Raw requests to the router of ``cfg``."""
         transport = Transport(globalReactor)
         self.addCleanup(transport.shutdown)
-        channel = RequestChannel(transport, cfg.routerAddress(), "router", 1.0)
+        channel = RequestChannel(transport, cfg.routerAddress(), "router", timeout)
         self.addCleanup(channel.close)
-        d = channel.request(lambda i: ListServices(i), "list")
+        return channel
+
+    def listServices(self, cfg):
+        d = self.channel(cfg).request(lambda i: ListServices(i), "list")
         d.addCallback(lambda reply: {entry.service: entry for entry in reply.services})
         return d
 
@@ -361,6 +397,315 @@ class RecoveryTests(RouterTestCase):
         yield eventually(lambda: reborn.leases.locate("ipcsvc", reborn._now()) is not None, 3.0)
         remote = yield self.startClient(cfg).service("ipcsvc")
         self.assertEqual((yield remote["TEMP"].read()), "1.0")
+
+
+class SeveralDispatchersTests(RouterTestCase):
+    """One service spread over several dispatchers, each with its own lease and keywords."""
+
+    @defer.inlineCallbacks
+    def startDeimot(self, cfg):
+        motors = yield self.startPart(cfg, "deimot", "motors", ["M1", "M2"])
+        temps = yield self.startPart(cfg, "DEIMOT", "Temps", ["TEMP"])
+        return motors, temps
+
+    @defer.inlineCallbacks
+    def test_locateAnswersEveryDispatcher(self):
+        """Locate names each live dispatcher: where it listens, its run and its keywords."""
+        router, cfg = self.routerAndConfig()
+        motors, temps = yield self.startDeimot(cfg)
+        self.assertEqual((temps.name, temps.dispatcherName), ("deimot", "temps"))
+        self.assertNotEqual(motors.dispatchAddress, temps.dispatchAddress)
+        reply = yield self.channel(cfg).request(lambda i: Locate(i, "DeiMot"), "locate")
+        self.assertIsInstance(reply, Locations)
+        self.assertEqual(reply.service, "deimot")
+        self.assertEqual(reply.dispatchers, [
+            DispatcherLocation("motors", HOST, motors.dispatchAddress, motors.broadcastAddress,
+                               motors.epoch, "", ["M1", "M2"]),
+            DispatcherLocation("temps", HOST, temps.dispatchAddress, temps.broadcastAddress,
+                               temps.epoch, "", ["TEMP"]),
+        ])
+        locator = Locator(cfg, self.transport())
+        self.addCleanup(locator.close)
+        where = yield locator.locate("deimot")
+        self.assertEqual(where, [
+            Where(motors.dispatchAddress, motors.broadcastAddress, motors.epoch, None,
+                  "motors", HOST, ("M1", "M2")),
+            Where(temps.dispatchAddress, temps.broadcastAddress, temps.epoch, None,
+                  "temps", HOST, ("TEMP",)),
+        ])
+        # A dispatcher that stops is no longer named; the last one gone, nor is the service.
+        yield motors.stopService()
+        where = yield locator.locate("deimot")
+        self.assertEqual([w.dispatcher for w in where], ["temps"])
+        yield temps.stopService()
+        error = yield self.assertFailure(locator.locate("deimot"), UnknownService)
+        self.assertIn("'deimot'", str(error))
+
+    def transport(self):
+        transport = Transport(globalReactor)
+        self.addCleanup(transport.shutdown)
+        return transport
+
+    @defer.inlineCallbacks
+    def test_locateByKeyword(self):
+        """Locate with a keyword names only the dispatcher owning it."""
+        router, cfg = self.routerAndConfig()
+        motors, temps = yield self.startDeimot(cfg)
+        channel = self.channel(cfg)
+        reply = yield channel.request(lambda i: Locate(i, "deimot", "temp"), "locate")
+        self.assertEqual([(entry.dispatcher, entry.dispatchAddress, entry.owner)
+                          for entry in reply.dispatchers],
+                         [("temps", temps.dispatchAddress, temps.epoch)])
+        locator = Locator(cfg, self.transport())
+        self.addCleanup(locator.close)
+        [where] = yield locator.locate("deimot", "M2")
+        self.assertEqual((where.dispatcher, where.dispatchAddress, where.keywords),
+                         ("motors", motors.dispatchAddress, ("M1", "M2")))
+        error = yield self.assertFailure(locator.locate("deimot", "NOPE"), UnknownKeyword)
+        self.assertIn("'NOPE'", str(error))
+        self.assertIn("'deimot'", str(error))
+        yield self.assertFailure(locator.locate("nowhere", "M1"), UnknownService)
+        # The owner gone, its keywords are nobody's.
+        yield motors.stopService()
+        yield self.assertFailure(locator.locate("deimot", "M1"), UnknownKeyword)
+
+    @defer.inlineCallbacks
+    def test_serviceListHasOneEntryPerDispatcher(self):
+        """ListServices lists each dispatcher, by service then dispatcher name."""
+        router, cfg = self.routerAndConfig()
+        motors, temps = yield self.startDeimot(cfg)
+        plain = yield self.startDispatcher(cfg, "alone")
+        reply = yield self.channel(cfg).request(lambda i: ListServices(i), "list")
+        self.assertEqual(
+            [(e.service, e.dispatcher, e.keywords, e.dispatchPort) for e in reply.services],
+            [("alone", "alone", 1, portOf(plain.dispatchAddress)),
+             ("deimot", "motors", 2, portOf(motors.dispatchAddress)),
+             ("deimot", "temps", 1, portOf(temps.dispatchAddress))])
+        self.assertTrue(all(entry.age < 1.0 for entry in reply.services))
+
+    @defer.inlineCallbacks
+    def test_keywordConflictOverTheWire(self):
+        """A keyword served by one dispatcher is refused to another, named with its owner."""
+        router, cfg = self.routerAndConfig()
+        motors, temps = yield self.startDeimot(cfg)
+        error = yield self.assertFailure(self.channel(cfg).request(
+            lambda i: Lease(i, "deimot", HOST, "rival", [], HEARTBEAT, dispatcher="extra",
+                            keywords=["X", "m2"]), "lease"), LeaseConflict)
+        self.assertTrue(str(error).startswith(
+            "keyword DEIMOT.M2 is served by dispatcher 'motors' of service 'deimot' on host "
+            f"'{HOST}', ports {portOf(motors.dispatchAddress)}/"), str(error))
+        self.assertEqual(
+            (error.detail["keyword"], error.detail["dispatcher"], error.detail["instance"]),
+            ("M2", "motors", motors.epoch))
+        # A dispatcher claiming it waits for the owner's lease to expire, then gives up.
+        extra = DispatcherService("deimot", cfg, [keywords.Integer("TEMP")],
+                                  reactor=globalReactor, heartbeatInterval=HEARTBEAT,
+                                  dispatcher="extra")
+        extra.startService()
+        self.addCleanup(extra.stopService)
+        error = yield self.assertFailure(extra.whenReady(), LeaseConflict)
+        self.assertIn("keyword TEMP is served by dispatcher 'temps'", str(error))
+        self.assertEqual(error.detail["dispatcher"], "temps")
+        self.assertEqual(extra.dispatchAddress, None)
+        self.assertEqual([lease.dispatcher for lease in router.leases.dispatchers("deimot",
+                                                                                  router._now())],
+                         ["motors", "temps"])
+        self.assertEqual((motors.state, temps.state), ("serving", "serving"))
+
+    @defer.inlineCallbacks
+    def test_keywordFreedWhenItsDispatcherStops(self):
+        """Once its owner has stopped, a keyword goes to the next dispatcher claiming it."""
+        router, cfg = self.routerAndConfig()
+        motors, temps = yield self.startDeimot(cfg)
+        yield temps.stopService()
+        spare = yield self.startPart(cfg, "deimot", "spare", ["TEMP"])
+        lease = router.leases.owner("deimot", "TEMP", router._now())
+        self.assertEqual((lease.dispatcher, lease.instance), ("spare", spare.epoch))
+
+    @defer.inlineCallbacks
+    def test_sameDispatcherNameIsOneOwner(self):
+        """A second process with a live dispatcher's name waits, then gives up, as ever."""
+        router, cfg = self.routerAndConfig()
+        motors, temps = yield self.startDeimot(cfg)
+        twin = DispatcherService("deimot", cfg, [keywords.Integer("OTHER")],
+                                 reactor=globalReactor, heartbeatInterval=HEARTBEAT,
+                                 dispatcher="MOTORS")
+        twin.startService()
+        self.addCleanup(twin.stopService)
+        error = yield self.assertFailure(twin.whenReady(), LeaseConflict)
+        self.assertIn("or serve another dispatcher name", str(error))
+        self.assertEqual(error.detail["dispatcher"], "motors")
+        self.assertEqual(router.leases.owner("deimot", "M1", router._now()).instance,
+                         motors.epoch)
+        self.assertIsNone(router.leases.owner("deimot", "OTHER", router._now()))
+
+    @defer.inlineCallbacks
+    def test_restartedDispatcherTakesItsNameOver(self):
+        """A dispatcher restarted at once on its ports takes over its crashed run's lease."""
+        router, cfg = self.routerAndConfig()
+        # Slow heartbeats: the crashed run's lease lives 6 s, far longer than the test.
+        first = yield self.startPart(cfg, "deimot", "motors", ["M1"], heartbeatInterval=2.0)
+        ports = (first.dispatchAddress, first.broadcastAddress)
+        self.crash(first)
+        yield first.stopService()
+        second = yield self.startPart(cfg, "deimot", "motors", ["M1", "M3"],
+                                      heartbeatInterval=2.0)
+        self.assertEqual((second.dispatchAddress, second.broadcastAddress), ports)
+        lease = router.leases.owner("deimot", "M3", router._now())
+        self.assertEqual((lease.instance, lease.keywords), (second.epoch,
+                                                            frozenset({"M1", "M3"})))
+
+    @defer.inlineCallbacks
+    def test_fencedWhenItsKeywordIsTakenMeanwhile(self):
+        """A dispatcher whose lease lapsed, and whose keyword another took, is fenced."""
+        router, cfg = self.routerAndConfig()
+        motors, temps = yield self.startDeimot(cfg)
+        fenced = motors.whenFenced()
+        # Its lease lapses (as when the router could not hear it) and a rival claims M1.
+        self.assertTrue(router.leases.release("deimot", motors.epoch, router._now(),
+                                              motors._router._secret, dispatcher="motors"))
+        router.leases.lease("deimot", "elsewhere", "rival", router._now(), ttl=60.0,
+                            dispatcher="rival", keywords=["M1"])
+        conflict = yield fenced
+        self.assertEqual((conflict.detail["keyword"], conflict.detail["dispatcher"]),
+                         ("M1", "rival"))
+        self.assertEqual((motors.state, temps.state), ("fenced", "serving"))
+
+    @defer.inlineCallbacks
+    def test_keywordAddedWhileServingIsAnnounced(self):
+        """A keyword added to a running dispatcher is the router's to hand out next heartbeat."""
+        router, cfg = self.routerAndConfig()
+        motors, temps = yield self.startDeimot(cfg)
+        lease = router.leases.locate("deimot", router._now(), dispatcher="motors")
+        motors.addKeyword(keywords.Integer("M3"))
+        yield eventually(lambda: router.leases.owner("deimot", "M3", router._now()) is not None)
+        now = router._now()
+        self.assertEqual(router.leases.owner("deimot", "M3", now).instance, motors.epoch)
+        held = router.leases.locate("deimot", now, dispatcher="motors")
+        self.assertEqual((held.ports, held.secret, held.granted),
+                         (lease.ports, lease.secret, lease.granted))
+        self.assertEqual(held.keywords, frozenset({"M1", "M2", "M3"}))
+
+    @defer.inlineCallbacks
+    def test_addedKeywordOfAnotherDispatcherRefusedNotFenced(self):
+        """Adding a keyword another dispatcher serves is refused and said; the lease lives on.
+
+        The refused set is not asked for again (even once the owner is gone)
+        until the keywords change once more.
+        """
+        router, cfg = self.routerAndConfig()
+        motors, temps = yield self.startDeimot(cfg)
+        with capturedLogs() as events:
+            motors.addKeyword(keywords.Integer("TEMP"))
+            # Several lease lifetimes: it keeps its lease, and says why once.
+            yield task.deferLater(globalReactor, 3 * TTL, lambda: None)
+        lines = [formatEvent(e) for e in events if "refused" in formatEvent(e)]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("keyword DEIMOT.TEMP is served by dispatcher 'temps'", lines[0])
+        self.assertEqual(motors.state, "serving")
+        now = router._now()
+        self.assertEqual(router.leases.owner("deimot", "TEMP", now).dispatcher, "temps")
+        held = router.leases.locate("deimot", now, dispatcher="motors")
+        self.assertEqual((held.instance, held.keywords), (motors.epoch, frozenset({"M1", "M2"})))
+        # After a router restart it does not claim the keyword first: the owner keeps it.
+        router.stopService()
+        reborn = self.startRouter(cfg)
+        yield eventually(lambda: len(reborn.leases.leases(reborn._now())) == 2, 3.0)
+        yield task.deferLater(globalReactor, 2 * TTL, lambda: None)
+        self.assertEqual(reborn.leases.owner("deimot", "TEMP", reborn._now()).instance,
+                         temps.epoch)
+        self.assertEqual((motors.state, temps.state), ("serving", "serving"))
+        # Its owner gone, the keyword is claimed with the next change of keywords.
+        yield temps.stopService()
+        yield task.deferLater(globalReactor, 2 * TTL, lambda: None)
+        self.assertIsNone(reborn.leases.owner("deimot", "TEMP", reborn._now()))
+        motors.addKeyword(keywords.Integer("M3"))
+        yield eventually(lambda: reborn.leases.owner("deimot", "TEMP", reborn._now())
+                         is not None, 2.0)
+        lease = reborn.leases.owner("deimot", "TEMP", reborn._now())
+        self.assertEqual((lease.instance, lease.keywords),
+                         (motors.epoch, frozenset({"M1", "M2", "M3", "TEMP"})))
+
+    @defer.inlineCallbacks
+    def test_routerRestartLearnsTheKeywords(self):
+        """A restarted router learns each dispatcher's keywords as they register again."""
+        router, cfg = self.routerAndConfig()
+        motors, temps = yield self.startDeimot(cfg)
+        router.stopService()
+        reborn = self.startRouter(cfg)
+        yield eventually(lambda: len(reborn.leases.leases(reborn._now())) == 2, 3.0)
+        now = reborn._now()
+        self.assertEqual(reborn.leases.owner("deimot", "M2", now).instance, motors.epoch)
+        self.assertEqual(reborn.leases.owner("deimot", "TEMP", now).instance, temps.epoch)
+
+    @defer.inlineCallbacks
+    def test_registerWithKeywordOfAnotherRefused(self):
+        """Register, too, refuses a keyword of another dispatcher of the service."""
+        router, cfg = self.routerAndConfig()
+        motors, temps = yield self.startDeimot(cfg)
+        port = cfg.get("zmq-router", "first-port") + 20
+        error = yield self.assertFailure(self.channel(cfg).request(
+            lambda i: Register(i, "deimot", HOST, "rival", port, port + 1, HEARTBEAT,
+                               dispatcher="rival", keywords=["M1"]), "register"),
+            LeaseConflict)
+        self.assertEqual(error.detail["keyword"], "M1")
+        self.assertIsNone(router.leases.locate("deimot", router._now(), dispatcher="rival"))
+
+
+class SecureDispatcherNameTests(unittest.TestCase):
+    """Secure mode binds a dispatcher name to the dispatcher key named after it."""
+
+    @defer.inlineCallbacks
+    def test_dispatcherNameBoundToItsKey(self):
+        from test_secure import SecureSystem  # it imports this module: not at the top
+
+        system = SecureSystem(self)
+        system.keys.make("motors", into=system.keys.dispatchers)
+        router = RouterService(system.config("router"), reactor=globalReactor, leaseTTL=60.0)
+        router.startService()
+        self.addCleanup(router.stopService)
+        routerPort = portOf(router.address)
+
+        channels = {}
+
+        def ask(key, service, dispatcher):
+            channel = channels.get(key)
+            if channel is None:
+                channel = channels[key] = self.channelFor(system, routerPort, key)
+            return channel.request(lambda i: Lease(i, service, HOST, key, [], HEARTBEAT,
+                                                   dispatcher=dispatcher), "lease")
+
+        # 'motors' is a dispatcher key: only it may hold that dispatcher name, in any service.
+        error = yield self.assertFailure(ask("tool", "deimot", "motors"), PermissionDenied)
+        self.assertIn("dispatcher 'motors' of service 'deimot' is bound to the dispatcher key",
+                      str(error))
+        yield ask("motors", "deimot", "motors")
+        # The default name is the service name: 'demo' stays bound to its key, as before.
+        yield self.assertFailure(ask("tool", "demo", ""), PermissionDenied)
+        yield ask("demo", "demo", "DEMO")
+        # Nobody but its key adds a dispatcher to a bound service: no keywords slipped in.
+        error = yield self.assertFailure(ask("tool", "demo", "extra"), PermissionDenied)
+        self.assertIn("bound to the dispatcher key of service 'demo'", str(error))
+        yield ask("demo", "demo", "extra")
+        # A name bound to no key goes to any dispatcher key; never to a client key.
+        yield ask("tool", "deimot", "other")
+        yield self.assertFailure(ask("ops", "deimot", "another"), PermissionDenied)
+        # A client learns the key of the holder of each dispatcher name.
+        reply = yield channels["ops"].request(lambda i: Locate(i, "deimot"), "locate")
+        keys = {entry.dispatcher: entry.serverKey.encode() for entry in reply.dispatchers}
+        self.assertEqual(keys, {"motors": system.keys.curve("motors").publicKey,
+                                "other": system.keys.curve("tool").publicKey})
+
+    def channelFor(self, system, routerPort, key):
+        from cauldron.transport import Curve
+
+        cfg = system.config(key, routerPort)
+        transport = Transport(globalReactor, Curve.fromConfig(cfg))
+        self.addCleanup(transport.shutdown)
+        channel = RequestChannel(transport, cfg.routerAddress(), "the router", 1.0,
+                                 serverKey=transport.curve.routerKey())
+        self.addCleanup(channel.close)
+        return channel
 
 
 del ServiceList

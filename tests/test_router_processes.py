@@ -34,9 +34,10 @@ READY = re.compile(
     r"cauldron-dispatcher: serving '(?P<name>[^']*)': "
     r"dispatch tcp://[^:]+:(?P<dispatch>\d+), broadcast tcp://[^:]+:(?P<broadcast>\d+)"
 )
+#: one line of ``cauldron services``: one per dispatcher of each service
 SERVICE_LINE = re.compile(
-    r"^(?P<name>\S+)\s+(?P<host>\S+)\s+(?P<dispatch>\d+)\s+(?P<broadcast>\d+)\s+"
-    r"(?P<age>\d+\.\ds)$"
+    r"^(?P<name>\S+)\s+(?P<dispatcher>\S+)\s+(?P<host>\S+)\s+(?P<dispatch>\d+)\s+"
+    r"(?P<broadcast>\d+)\s+(?P<age>\d+\.\ds)\s+(?P<keywords>\d+) keywords?$"
 )
 
 
@@ -92,12 +93,18 @@ class Setup:
 
 
 def parseServices(stdout):
-    """``{name: (dispatchPort, broadcastPort)}`` from ``cauldron services`` output."""
+    """``{name: (dispatchPort, broadcastPort)}`` from ``cauldron services`` output.
+
+    The services of these tests have one dispatcher each, named after them,
+    serving the one keyword of :meth:`Setup.keywords`.
+    """
     listed = {}
     for line in stdout.splitlines():
         match = SERVICE_LINE.match(line)
         assert match, "bad services line %r in:\n%s" % (line, stdout)
         assert match.group("host") == "127.0.0.1", line
+        assert match.group("dispatcher") == match.group("name"), line
+        assert match.group("keywords") == "1", line
         listed[match.group("name")] = (int(match.group("dispatch")),
                                        int(match.group("broadcast")))
     return listed

@@ -138,7 +138,8 @@ class SecureServiceTests(SecureTestCase):
     def test_routerVouchesForTheDispatchersKey(self):
         """Locate answers with the key of the lease's holder, which the client then requires."""
         yield self.startDispatcher()
-        where = yield self.channel("ops").request(lambda i: Locate(i, "demo"), "locate")
+        located = yield self.channel("ops").request(lambda i: Locate(i, "demo"), "locate")
+        where = located.dispatchers[0]
         self.assertEqual(where.serverKey.encode(), self.system.keys.curve("demo").publicKey)
         remote = yield self.remote()
         self.assertEqual(remote.serverKey, where.serverKey.encode())

@@ -101,6 +101,24 @@ class DispatcherOptionsTests(SynchronousTestCase):
         """A service name with spaces is refused."""
         self.assertRaises(usage.UsageError, self.parse, "-s", "my demo", "-k", self.keywordFile)
 
+    def test_dispatcherName(self):
+        """-d/--dispatcher names the dispatcher within its service; none by default."""
+        self.assertIsNone(self.parse("-s", "demo", "-k", self.keywordFile)["dispatcher"])
+        options = self.parse("-s", "deimot", "-d", " Motors ", "-k", self.keywordFile)
+        self.assertEqual(options["dispatcher"], "Motors")
+        options = self.parse("--service", "deimot", "--dispatcher", "temps",
+                             "--keywords", self.keywordFile)
+        self.assertEqual(options["dispatcher"], "temps")
+        self.assertIn("-d DISPNAME", DispatcherOptions.synopsis)
+        self.assertIn("--dispatcher", str(DispatcherOptions()))
+
+    def test_badDispatcherName(self):
+        """A dispatcher name with spaces, or none at all, is refused, naming the option."""
+        for bad in ("my motors", "", "  "):
+            error = self.assertRaises(usage.UsageError, self.parse, "-s", "demo", "-d", bad,
+                                      "-k", self.keywordFile)
+            self.assertIn("--dispatcher", str(error))
+
     def test_permissionsNeedSecureMode(self):
         """writers/readers in plain mode are refused before anything runs, naming them."""
         guarded = writeFile(self, '[TEMP]\ntype = "double"\nwriters = ["ops"]\n', "g.toml")
@@ -169,13 +187,22 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertIs(child.config, options.loadedConfig)
         self.assertIsInstance(child["temp"], keywords.Double)
         self.assertFalse(top.running)
+        self.assertEqual(child.dispatcherName, "demo")
+
+    def test_treeWithDispatcherName(self):
+        """-d reaches the DispatcherService as its dispatcher name."""
+        options = DispatcherOptions()
+        options.parseOptions(["-s", "Deimot", "-d", "Motors", "-k", self.keywordFile])
+        top = makeDispatcherService(options, reactor=MemoryReactorClock())
+        self.assertEqual((top.dispatcher.name, top.dispatcher.dispatcherName),
+                         ("deimot", "motors"))
 
 
 class FakeDispatcher(Service):
     """Stands in for a DispatcherService: whenReady gives a chosen result."""
 
     def __init__(self, result):
-        self.name = "demo"
+        self.name = self.label = "demo"
         self._result = result
         self.fencedBy = defer.Deferred()
 

@@ -428,7 +428,7 @@ class Keyword:
             while True:
                 self._again = False
                 latest = self._remote.latest
-                if not _isNewer(latest, self._delivered, self._remote.service.epoch):
+                if not _isNewer(latest, self._delivered, self._remote.dispatcher.epoch):
                     return
                 self._delivered = latest
                 self._heardAt = _reactor().seconds()
@@ -499,7 +499,7 @@ class Keyword:
         def waitAfter(baseline):
             left = None if timeout is None else max(0.0, timeout - (reactor.seconds() - began))
             return remote.waitFor(
-                lambda value: _isNewer(value, baseline, remote.service.epoch), left
+                lambda value: _isNewer(value, baseline, remote.dispatcher.epoch), left
             )
 
         if start is not None:

@@ -191,7 +191,7 @@ class Service:
     def isAlive(self):
         """True while the service is heard (KTL's ``isAlive``).
 
-        False once the dispatcher missed three of its own heartbeats (or
+        False once a dispatcher of the service missed three of its heartbeats (or
         :func:`shutdown` closed the connection), or once a keyword named by
         :meth:`heartbeat` went a whole period without a new value; True
         again when they are heard.  No round trip: it reads what the

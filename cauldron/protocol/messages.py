@@ -11,8 +11,13 @@ Three conversations use them:
   one reactor turn, and :class:`Heartbeat` every interval.
 * dispatcher or client -> router: :class:`Lease`, :class:`Register`,
   :class:`Renew`, :class:`Release`, :class:`Locate`, :class:`ListServices`,
-  :class:`Ping`; answered by :class:`Leased`, :class:`Location`,
+  :class:`Ping`; answered by :class:`Leased`, :class:`Locations`,
   :class:`ServiceList`, :class:`Ok`, :class:`Pong` or :class:`Error`.
+
+A service may span several dispatchers, each named within the service (its
+*dispatcher name*, the service name by default: ``""`` on the wire means
+that) and owning a set of keywords.  The router keeps one lease per
+dispatcher; :class:`Locations` lists them.
 
 Requests carry an ``id`` chosen by the sender; the reply carries it back so a
 client can match replies to requests (the transport routes replies by socket
@@ -39,7 +44,7 @@ __all__ = [
     "Value", "Description", "KeywordList", "Pong", "Error", "Ok", "Started", "Batch",
     "Update", "UpdateEntry", "Updates", "Heartbeat",
     "Lease", "Register", "Renew", "Release", "Locate", "ListServices",
-    "Leased", "Location", "ServiceEntry", "ServiceList",
+    "Leased", "Locations", "DispatcherLocation", "ServiceEntry", "ServiceList",
     "Message", "REQUESTS", "checkValue",
 ]
 
@@ -301,7 +306,10 @@ class Lease(_Message, tag="lease"):
     three of them (at least the router's own lease lifetime).  ``protocol``
     (``tcp`` or ``ipc``) is how clients reach the dispatcher's addresses.
     ``secret`` is the holder's proof when it asks again for a lease it holds
-    (to move it off ports found taken); empty for a new lease.
+    (to move it off ports found taken); empty for a new lease.  ``dispatcher``
+    names the dispatcher within the service ("" for the service name) and
+    ``keywords`` lists the keywords it serves: one that another live
+    dispatcher of the service holds is refused (LeaseConflict).
     """
 
     id: int
@@ -312,6 +320,10 @@ class Lease(_Message, tag="lease"):
     interval: float = 1.0
     protocol: str = "tcp"
     secret: str = ""
+    #: the dispatcher's name within the service ("": the service name)
+    dispatcher: str = ""
+    #: the names of the keywords the dispatcher serves (no other dispatcher may hold one)
+    keywords: list[str] = []
 
 
 class Register(_Message, tag="register"):
@@ -320,7 +332,8 @@ class Register(_Message, tag="register"):
     With ``takeover``, the dispatcher claims a service whose lease another
     instance holds on the same host and ports, having just proved those
     ports free (its predecessor crashed): it need not wait for the lease
-    to expire.
+    to expire.  ``dispatcher`` and ``keywords`` as for :class:`Lease`: the
+    holder registering again with other keywords replaces its keywords.
     """
 
     id: int
@@ -333,6 +346,8 @@ class Register(_Message, tag="register"):
     protocol: str = "tcp"
     takeover: bool = False
     secret: str = ""
+    dispatcher: str = ""
+    keywords: list[str] = []
 
 
 class Renew(_Message, tag="renew"):
@@ -342,6 +357,7 @@ class Renew(_Message, tag="renew"):
     service: str
     instance: str
     secret: str = ""
+    dispatcher: str = ""
 
 
 class Release(_Message, tag="release"):
@@ -351,13 +367,20 @@ class Release(_Message, tag="release"):
     service: str
     instance: str
     secret: str = ""
+    dispatcher: str = ""
 
 
 class Locate(_Message, tag="locate"):
-    """Where does ``service`` live?"""
+    """Where do the dispatchers of ``service`` live?  Answered by :class:`Locations`.
+
+    With ``keyword``, only the dispatcher owning that keyword is named
+    (UnknownKeyword if no live dispatcher of the service owns it).  A service
+    with no live dispatcher is UnknownService.
+    """
 
     id: int
     service: str
+    keyword: str = ""
 
 
 class ListServices(_Message, tag="services"):
@@ -383,33 +406,51 @@ class Leased(_Message, tag="leased"):
     broadcastPort: int
     ttl: float
     secret: str = ""
+    #: the dispatcher's name within the service
+    dispatcher: str = ""
 
 
-class Location(_Message, tag="location"):
-    """Where a service's dispatcher listens, which run of it (``owner``) owns it, and its key."""
+class DispatcherLocation(msgspec.Struct, frozen=True, array_like=True):
+    """One dispatcher of :class:`Locations`: where it listens, which run of it holds
+    its lease (``owner``), its key, and the keywords it owns."""
 
-    id: int
-    service: str
+    dispatcher: str
     host: str
     dispatchAddress: str
     broadcastAddress: str
-    owner: str = ""
+    owner: str
     #: the dispatcher's CURVE public key (Z85) in secure mode, else ""
-    serverKey: str = ""
+    serverKey: str
+    #: the (upper-case) names of the keywords it registered, sorted
+    keywords: list[str]
+
+
+class Locations(_Message, tag="locations"):
+    """Where a service's dispatchers listen: one entry per live dispatcher, by name."""
+
+    id: int
+    service: str
+    dispatchers: list[DispatcherLocation]
 
 
 class ServiceEntry(msgspec.Struct, frozen=True, array_like=True):
-    """One line of :class:`ServiceList`; ``age`` is seconds since the last renewal."""
+    """One line of :class:`ServiceList`, one per dispatcher.
+
+    ``age`` is seconds since the last renewal; ``keywords`` counts the
+    keywords the dispatcher registered.
+    """
 
     service: str
     host: str
     dispatchPort: int
     broadcastPort: int
     age: float
+    dispatcher: str = ""
+    keywords: int = 0
 
 
 class ServiceList(_Message, tag="servicelist"):
-    """Every live service the router knows."""
+    """Every live dispatcher the router knows, sorted by (service, dispatcher)."""
 
     id: int
     services: list[ServiceEntry]
@@ -439,7 +480,7 @@ Message = (
     | Locate
     | ListServices
     | Leased
-    | Location
+    | Locations
     | ServiceList
 )
 
