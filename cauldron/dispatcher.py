@@ -18,6 +18,9 @@ that another dispatcher now owns its service stops serving at once (it is
 A service may span several dispatchers, each with its own *dispatcher name*
 (the service name by default) and keywords; the router holds one lease per
 dispatcher name and refuses a keyword to a second dispatcher of the service.
+
+Keywords made with ``persist=True`` keep their values across restarts in a
+state file (:mod:`cauldron.statefile`): restored at start, saved on change.
 """
 
 import fnmatch
@@ -73,6 +76,7 @@ from cauldron.serving import (
     answer,
     answerMessage,
 )
+from cauldron.statefile import StateFile, defaultStatePath
 from cauldron.transport import Curve, Transport, bindAddress
 
 __all__ = [
@@ -148,14 +152,21 @@ class DispatcherService(service.Service):
         that name none of their own (``keyword.writers``); None allows every
         key the dispatcher lets in.  Secure mode only.
     :param readers: the same for reads, describes and monitors.
+    :param statePath: the SQLite file keeping the values of the keywords that
+        persist (``keyword.persist``); by default
+        :func:`cauldron.statefile.defaultStatePath`
+        (``$XDG_STATE_HOME/cauldron/SERVICE.sqlite``).  Not touched at all
+        when no keyword persists.
 
     :ivar state: :data:`STOPPED`, :data:`STARTING`, :data:`SERVING` or
         :data:`FENCED`; see also :meth:`whenFenced`.
+    :ivar stateFile: the run's :class:`cauldron.statefile.StateFile`, or None
+        (no keyword persists, or the service is stopped).
     """
 
     def __init__(
         self, name, config=None, keywords=(), setup=None, reactor=None, heartbeatInterval=1.0,
-        wallClock=time.time, writers=None, readers=None, *, dispatcher=None,
+        wallClock=time.time, writers=None, readers=None, *, dispatcher=None, statePath=None,
     ):
         if reactor is None:
             from twisted.internet import reactor
@@ -179,6 +190,9 @@ class DispatcherService(service.Service):
         self._wallClock = wallClock
         self.writers = None if writers is None else tuple(writers)
         self.readers = None if readers is None else tuple(readers)
+        #: the state file given, or None for the default (see :meth:`stateFilePath`)
+        self.statePath = None if statePath is None else os.fspath(statePath)
+        self.stateFile = None
         self.malformed = RateLimitedCounter("malformed messages", reactor)
         self.expired = RateLimitedCounter(
             "requests that arrived after their deadline (the client had given up)", reactor,
@@ -325,9 +339,16 @@ class DispatcherService(service.Service):
         self._ready = None
         curve, problem = self._keys()
         self._transport = Transport(self.reactor, curve=curve)
+        if problem is None:
+            problem = self._openStateFile()
         for keyword in self._keywords.values():
             try:
-                keyword.begin()
+                if not keyword.persist:
+                    keyword.begin()
+                elif self.stateFile is not None:
+                    self.stateFile.begin(keyword)
+                # else: the state file failed and nothing is served; a later
+                # start may still restore the keyword
             except (CauldronError, ValueError) as e:
                 log.error("{kw}: bad initial value: {e}", kw=keyword.name, e=e)
         problem = problem or self._unenforceablePermissions()
@@ -343,6 +364,29 @@ class DispatcherService(service.Service):
         self._starting = d
         run = self._run
         d.addCallbacks(self._started, self._failedToStart, (run,), None, (run,))
+
+    def stateFilePath(self):
+        """The state file this dispatcher uses: ``statePath``, else the default for its names."""
+        if self.statePath is not None:
+            return self.statePath
+        return defaultStatePath(self.name, self.dispatcherName)
+
+    def _openStateFile(self):
+        """Open the run's state file if a keyword persists; the ConfigError if it cannot be."""
+        persisted = [kw.name for kw in self._keywords.values() if kw.persist]
+        if not persisted:
+            return None
+        try:
+            stateFile = StateFile(self.stateFilePath(), self.name, self.dispatcherName,
+                                  self.reactor)
+            stored = stateFile.open(
+                persisted, forget=[kw.name for kw in self._keywords.values() if not kw.persist])
+        except ConfigError as e:
+            return e
+        self.stateFile = stateFile
+        log.info("dispatcher {name} keeps {n} persisted keywords in {path} ({stored} stored)",
+                 name=self.label, n=len(persisted), path=stateFile.path, stored=len(stored))
+        return None
 
     def _keys(self):
         """``(curve, None)``; ``(None, ConfigError)`` on a key problem, and then nothing binds.
@@ -450,11 +494,14 @@ class DispatcherService(service.Service):
         # before the router answered our release.
         transport, self._transport = self._transport, None
         self._publisher = self._routerSocket = None
+        stateFile, self.stateFile = self.stateFile, None
+        saved = defer.succeed(None) if stateFile is None else stateFile.stop()
         d = defer.succeed(None)
         if self._router is not None:
             d = self._router.stop()
             self._router = None
         d.addBoth(lambda _: transport is not None and transport.shutdown())
+        d.addBoth(lambda result: saved.addCallback(lambda _: result))  # the last values saved
         self.dispatchAddress = self.broadcastAddress = None
         return d
 
@@ -512,6 +559,8 @@ class DispatcherService(service.Service):
         )
         self._stopServing(ServiceUnavailable(
             f"dispatcher {self.label} lost its service to another dispatcher"), flush=False)
+        if self.stateFile is not None:
+            self.stateFile.discard()  # the new owner's values are the ones to keep
         for socket in (self._routerSocket, self._publisher):
             if socket is not None:
                 self._transport.close(socket, discard=True)
@@ -530,6 +579,8 @@ class DispatcherService(service.Service):
         socket's high-water mark counts batches, not changes.
         """
         self._changed[keyword.name] = keyword.sequence
+        if keyword.persist and self.stateFile is not None:
+            self.stateFile.changed(keyword)
         if self._publisher is None or keyword.writeonly:
             return
         entry = UpdateEntry(keyword.value, keyword.ascii, keyword.sequence, keyword.timestamp)

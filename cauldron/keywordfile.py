@@ -9,6 +9,7 @@ One table per keyword, named by the keyword::
     range = [0.0, 400.0]
     description = "Detector temperature"
     period = 5.0
+    persist = true
     writers = ["ops", "obs-*"]
 
 ``writers`` and ``readers`` (names or glob patterns of client keys; secure
@@ -48,6 +49,7 @@ FIELDS = (
     "description",
     "format",
     "period",
+    "persist",
     "writers",
     "readers",
 )
@@ -136,7 +138,7 @@ def _keyword(source, name, table):
 
     kwargs = {}
     for field in ("initial", "units", "range", "readonly", "writeonly", "description", "format",
-                  "writers", "readers"):
+                  "writers", "readers", "persist"):
         if field in table:
             kwargs[field] = table[field]
     if "range" in kwargs:
@@ -170,7 +172,7 @@ def _checkShapes(table, fail):
     for field in ("units", "description", "format"):
         if field in table and not isinstance(table[field], str):
             raise fail(field, "expected a string, got %s" % _show(table[field]))
-    for field in ("readonly", "writeonly"):
+    for field in ("readonly", "writeonly", "persist"):
         if field in table and not isinstance(table[field], bool):
             raise fail(field, "expected true or false, got %s" % _show(table[field]))
     if "range" in table:

@@ -276,19 +276,24 @@ class Basic:
         postread=None,
         writers=None,
         readers=None,
+        persist=False,
     ):
         self.name = _checkName(name)
         self.writers = self._setupPatterns("writers", writers)
         self.readers = self._setupPatterns("readers", readers)
         self.units = self._metaString("units", units)
         self.description = self._metaString("description", description)
-        for field, flag in (("readonly", readonly), ("writeonly", writeonly)):
+        for field, flag in (("readonly", readonly), ("writeonly", writeonly),
+                            ("persist", persist)):
             if not isinstance(flag, bool):
                 raise self._badMeta(field, f"{flag!r} is not a boolean")
         if readonly and writeonly:
             raise self._badMeta("readonly", "a keyword cannot be both readonly and writeonly")
         self.readonly = readonly
         self.writeonly = writeonly
+        #: whether a dispatcher keeps the value across restarts (a state file;
+        #: see :mod:`cauldron.statefile`): a policy of the owner, not described
+        self.persist = persist
         self._setupExtra()
         self.range = self._setupRange(range)
         self.format = self._setupFormat(format)

@@ -1,11 +1,12 @@
 """twistd plugin options and service makers.
 
-``twistd -n cauldron-dispatcher -c CONFIG -s SERVICE [-d DISPNAME] -k KEYWORDS.toml``
-serves the keywords of a TOML file (``-d`` names this dispatcher within a
-service spread over several; the service name by default).  Everything that
-can be checked before the reactor runs (configuration, keyword file) is
-checked in ``postOptions``, so a bad file is a usage error: twistd prints it
-and exits non-zero.
+``twistd -n cauldron-dispatcher -c CONFIG -s SERVICE [-d DISPNAME] -k KEYWORDS.toml
+[--state PATH]`` serves the keywords of a TOML file (``-d`` names this
+dispatcher within a service spread over several; the service name by
+default; ``--state`` is the file keeping the persisted keywords' values).
+Everything that can be checked before the reactor runs (configuration,
+keyword file) is checked in ``postOptions``, so a bad file is a usage error:
+twistd prints it and exits non-zero.
 
 A failure to start (an address in use, say) only shows once the reactor
 runs; :class:`DispatcherRunner` turns it into one log line, a stopped reactor
@@ -100,7 +101,8 @@ class DispatcherOptions(usage.Options):
     hold the validated configuration and the keywords to serve.
     """
 
-    synopsis = "[-c CONFIG] -s SERVICE [-d DISPNAME] -k KEYWORDS.toml [--heartbeat SECONDS]"
+    synopsis = ("[-c CONFIG] -s SERVICE [-d DISPNAME] -k KEYWORDS.toml [--heartbeat SECONDS] "
+                "[--state PATH]")
     optParameters = [
         ["config", "c", None, "Configuration file (default: $CAULDRON_CONFIG, else built-in)."],
         ["service", "s", None, "Name of the service to serve (required)."],
@@ -114,6 +116,10 @@ class DispatcherOptions(usage.Options):
             "Seconds between heartbeats and lease renewals.",
             _positiveSeconds,
         ],
+        ["state", None, None,
+         "SQLite file keeping the values of keywords with persist = true (default: "
+         "$XDG_STATE_HOME/cauldron/SERVICE[-DISPNAME].sqlite, $XDG_STATE_HOME being "
+         "~/.local/state unless set; untouched when no keyword persists)."],
     ]
 
     loadedConfig = None
@@ -137,6 +143,8 @@ class DispatcherOptions(usage.Options):
                 raise usage.UsageError(
                     "--dispatcher: bad dispatcher name %r" % (self["dispatcher"],))
             self["dispatcher"] = dispatcherName
+        if self["state"] is not None and not self["state"].strip():
+            raise usage.UsageError("--state: an empty path")
         try:
             self.loadedConfig = _config.load(self["config"])
             self.keywordObjects = loadKeywords(self["keywords"])
@@ -286,5 +294,6 @@ def makeDispatcherService(options, reactor=None):
         reactor=reactor,
         heartbeatInterval=options["heartbeat"],
         dispatcher=options["dispatcher"],
+        statePath=options["state"],
     )
     return DispatcherRunner(dispatcher, reactor=reactor)

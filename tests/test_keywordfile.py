@@ -81,6 +81,7 @@ type = "integer array"
 range = [0, 10]
 initial = [1, 2, 3]
 period = 0.5
+persist = true
 """,
     )
     mode, flags, cmd, gains = loadKeywords(path)
@@ -92,6 +93,7 @@ period = 0.5
     assert isinstance(gains, keywords.IntegerArray)
     assert gains.range == (0, 10) and gains.initial == [1, 2, 3]
     assert gains.periodSeconds == 0.5
+    assert gains.persist and not mode.persist
 
 
 def test_everyKnownTypeName(tmp_path):
@@ -222,6 +224,16 @@ def test_badFlags(tmp_path):
     assert "[A] readonly: " in message and "both" in message
 
 
+def test_persist(tmp_path):
+    """persist = true or false; anything else names file, keyword and field."""
+    on, off = keywordsFromMapping({"A": {"type": "double", "persist": True},
+                                   "B": {"type": "double", "persist": False}})
+    assert (on.persist, off.persist) == (True, False)
+    for value in ('"yes"', "1", "[true]"):
+        message = loadError(tmp_path, '[A]\ntype = "string"\npersist = %s\n' % value)
+        assert message.endswith("[A] persist: expected true or false, got %s" % value), message
+
+
 def test_badStrings(tmp_path):
     """units, description and format must be strings."""
     for field in ("units", "description", "format"):
@@ -313,7 +325,8 @@ def test_fieldsDocumented():
     """The documented fields are exactly the accepted ones."""
     assert set(FIELDS) == {
         "type", "initial", "units", "range", "enumerators", "bits",
-        "readonly", "writeonly", "description", "format", "period", "writers", "readers",
+        "readonly", "writeonly", "description", "format", "period", "persist", "writers",
+        "readers",
     }
 
 

@@ -537,6 +537,8 @@ def test_badName(name):
         (Double, {"description": None}, "description"),
         (Double, {"readonly": "yes"}, "readonly"),
         (Double, {"readonly": True, "writeonly": True}, "readonly"),
+        (Double, {"persist": "yes"}, "persist"),
+        (Double, {"persist": 1}, "persist"),
         (Double, {"read": 5}, "read"),
     ],
 )
@@ -661,6 +663,21 @@ def test_describeContents():
     assert d["initial"] == 3
     assert Integer("i").describe()["range"] == [INT32_MIN, INT32_MAX]
     assert Double("d").describe()["range"] is None
+
+
+def test_persist():
+    """persist is a boolean on every type, False by default, and not described.
+
+    Whether a dispatcher keeps a value across restarts is its owner's policy,
+    like period and hooks: clients never see it.
+    """
+    for cls, extra in ((Double, {}), (Enumerated, {"enumerators": ["A"]}), (Mask, {}),
+                       (String, {}), (IntegerArray, {})):
+        assert cls("kw", **extra).persist is False
+        kw = cls("kw", persist=True, **extra)
+        assert kw.persist is True
+        assert "persist" not in kw.describe()
+        assert fromDescription(kw.describe()).persist is False
 
 
 def test_fromDescriptionTolerantButStrict():

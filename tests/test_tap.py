@@ -125,6 +125,20 @@ class DispatcherOptionsTests(SynchronousTestCase):
         error = self.assertRaises(usage.UsageError, self.parse, "-s", "demo", "-k", guarded)
         self.assertIn("writers/readers (TEMP) need secure mode", str(error))
 
+    def test_state(self):
+        """--state names the state file; none by default (the dispatcher's default path)."""
+        self.assertIsNone(self.parse("-s", "demo", "-k", self.keywordFile)["state"])
+        options = self.parse("-s", "demo", "-k", self.keywordFile, "--state", "/var/x.sqlite")
+        self.assertEqual(options["state"], "/var/x.sqlite")
+        self.assertIn("--state PATH", DispatcherOptions.synopsis)
+        self.assertIn("XDG_STATE_HOME", str(DispatcherOptions()))
+
+    def test_emptyState(self):
+        """An empty --state is refused, naming the option."""
+        error = self.assertRaises(usage.UsageError, self.parse, "-s", "demo",
+                                  "-k", self.keywordFile, "--state", " ")
+        self.assertIn("--state", str(error))
+
     def test_badHeartbeat(self):
         """The heartbeat must be a positive number of seconds, at most 60."""
         for value in ("0", "-1", "fast", "nan", "inf", "60.5"):
@@ -188,6 +202,15 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertIsInstance(child["temp"], keywords.Double)
         self.assertFalse(top.running)
         self.assertEqual(child.dispatcherName, "demo")
+        self.assertIsNone(child.statePath)
+
+    def test_treeWithState(self):
+        """--state reaches the DispatcherService as its state path."""
+        options = DispatcherOptions()
+        options.parseOptions(["-s", "demo", "-k", self.keywordFile, "--state", "/tmp/s.sqlite"])
+        top = makeDispatcherService(options, reactor=MemoryReactorClock())
+        self.assertEqual(top.dispatcher.statePath, "/tmp/s.sqlite")
+        self.assertEqual(top.dispatcher.stateFilePath(), "/tmp/s.sqlite")
 
     def test_treeWithDispatcherName(self):
         """-d reaches the DispatcherService as its dispatcher name."""
