@@ -56,12 +56,17 @@ def routedConfig(routerPort, firstPort=None, lastPort=None, **router):
 
 
 def freePair():
-    """A port p such that p and p + 1 were both free a moment ago."""
+    """A port p such that p and p + 1 were both free a moment ago.
+
+    Drawn below the ephemeral ports, where the sockets other tests bind to
+    port 0 can never land between the check and the use.
+    """
     while True:
-        port = freePort()
-        with socket.socket() as probe:
+        port = randomLeaseStart(2)
+        with socket.socket() as first, socket.socket() as second:
             try:
-                probe.bind((HOST, port + 1))
+                first.bind((HOST, port))
+                second.bind((HOST, port + 1))
             except OSError:
                 continue
         return port
