@@ -20,7 +20,10 @@ setup(
         "tomli>=2; python_version<'3.11'",
     ],
     extras_require={
-        "test": ["pytest", "hypothesis"],
+        # The PostgreSQL driver of the archiver (SQLite needs nothing extra);
+        # the binary build ships libpq, so nothing is compiled.
+        "postgres": ["psycopg[binary]>=3.1"],
+        "test": ["pytest", "hypothesis", "psycopg[binary]>=3.1"],
         "docs": ["sphinx"],
     },
     entry_points={

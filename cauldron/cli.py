@@ -1,4 +1,4 @@
-"""The ``cauldron`` command: show, modify, monitor, describe, services, demo, keys, ktl.
+"""The ``cauldron`` command: show, modify, monitor, describe, services, history, demo, keys, ktl.
 
 ``main`` parses arguments and runs :func:`runCommand` under
 ``twisted.internet.task.react``; :func:`runCommand` (the seam tests call
@@ -119,6 +119,7 @@ def makeParser():
     commands.add_parser("services", parents=[common],
                         help="list each dispatcher of each service the router knows")
     commands.add_parser("demo", parents=[common], help="run a router and a demo dispatcher")
+    _addHistoryParser(commands, withService)
     _addKeysParser(commands, common)
     _addKtlParser(commands)
     return parser
@@ -140,6 +141,36 @@ def _addKtlParser(commands):
     run.add_argument("script", metavar="SCRIPT")
     run.add_argument("arguments", nargs=argparse.REMAINDER, metavar="ARGS",
                      help="the script's own arguments")
+
+
+def _instantArg(text):
+    from cauldron.archive.times import parseInstant
+
+    try:
+        return parseInstant(text, time.time())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _addHistoryParser(commands, withService):
+    history = commands.add_parser(
+        "history", parents=[withService],
+        help="print the archived values of keywords (see cauldron-archiver)",
+        description="Print what cauldron-archiver stored for each keyword, in time order "
+                    "(local time), or with --at each keyword's value at one instant.",
+    )
+    history.add_argument("--db", metavar="URL",
+                         help="the archive: sqlite:///PATH or postgresql://... "
+                              "(default: the archiver's default SQLite file)")
+    history.add_argument("--since", type=_instantArg, metavar="TIME",
+                         help="from TIME: a duration ago (1h, 30m, 7d) or a date and time "
+                              "(2026-12-02T03:00, local unless a zone is given)")
+    history.add_argument("--until", type=_instantArg, metavar="TIME", help="up to TIME")
+    history.add_argument("--at", type=_instantArg, metavar="TIME",
+                         help="print each keyword's value at TIME instead")
+    history.add_argument("--format", choices=["table", "csv", "json"], default="table",
+                         help="output format (default: table)")
+    history.add_argument("keywords", nargs="+", metavar="KW")
 
 
 def _addKeysParser(commands, common):
@@ -427,6 +458,27 @@ def _stopRunning(svc):
     return defer.maybeDeferred(svc.stopService)
 
 
+async def _history(reactor, args, printer):
+    from cauldron.archive import DEFAULT_DB
+    from cauldron.archive.history import formatRecords, history, valueAt
+
+    db = args.db or DEFAULT_DB
+    keywords = [name.upper() for name in args.keywords]
+    if args.at is not None:
+        found = valueAt(db, args.service, keywords, args.at)
+        records = [found[name] for name in keywords if found.get(name) is not None]
+        missing = [name for name in keywords if found.get(name) is None]
+        if missing:
+            raise CauldronError("%s: no archived value of %s.%s at or before that time"
+                                % (db, args.service.lower(), ", ".join(missing)))
+    else:
+        records = history(db, args.service, keywords, args.since, args.until)
+    text = formatRecords(records, args.format)
+    if text:
+        printer.line(text.rstrip("\n"))
+    return EXIT_OK
+
+
 _COMMANDS = {
     "show": _show,
     "modify": _modify,
@@ -434,6 +486,7 @@ _COMMANDS = {
     "describe": _describe,
     "services": _services,
     "demo": _demo,
+    "history": _history,
     "keys": _keys,
 }
 

@@ -25,6 +25,7 @@ __all__ = [
     "LeaseError",
     "LeaseConflict",
     "NotOwner",
+    "ArchiveError",
     "errorFromName",
 ]
 
@@ -143,6 +144,15 @@ class LeaseConflict(LeaseError):
     ``broadcastPort``, ``protocol``, ``age`` (seconds since it last renewed),
     ``expiresIn`` and ``ttl``; and ``keyword`` when the conflict is over a
     keyword another dispatcher of the service serves.
+    """
+
+
+class ArchiveError(CauldronError):
+    """The keyword archive's database failed: unreachable, locked, full, or refusing.
+
+    The message is one line naming the database by its URL, password masked.
+    A store that raised it reconnects on its next call, so a caller may keep
+    what it meant to store and try again later.
     """
 
 

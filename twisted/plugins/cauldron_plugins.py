@@ -1,4 +1,4 @@
-"""twistd plugins: ``cauldron-router`` and ``cauldron-dispatcher``.
+"""twistd plugins: ``cauldron-router``, ``cauldron-dispatcher`` and ``cauldron-archiver``.
 
 Twisted imports every plugin module to list them, so this one imports only
 Twisted's interfaces; cauldron itself loads when a plugin is actually used.
@@ -47,4 +47,12 @@ cauldronDispatcher = _LazyServiceMaker(
     "cauldron.tap",
     "DispatcherOptions",
     "makeDispatcherService",
+)
+
+cauldronArchiver = _LazyServiceMaker(
+    "cauldron-archiver",
+    "Cauldron archiver: stores every keyword change in SQLite or PostgreSQL.",
+    "cauldron.archive.tap",
+    "ArchiverOptions",
+    "makeArchiverService",
 )
