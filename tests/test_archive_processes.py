@@ -14,7 +14,7 @@ import sys
 
 import pytest
 from pgserver import postgresServer, postgresUrl, privatePostgresServer  # noqa: F401
-from processes import DEADLINE, TWISTD, Process, cauldron
+from processes import DEADLINE, TWISTD, Process, cauldron, environment
 from test_router_processes import Setup, poll
 
 LISTENING = re.compile(r"Stop with Ctrl-C")
@@ -27,38 +27,48 @@ def site(tmp_path):
     """A router config and the processes of one test (killed at the end)."""
     setup = Setup(tmp_path)
     setup.processes = []
+    # Where the default archive goes: inside the test's folder, never ~/.local/state.
+    setup.env = environment(XDG_STATE_HOME=str(tmp_path / "state"))
     yield setup
     for process in setup.processes:
         process.kill()
 
 
 def start(site, argv):
-    process = Process(argv, cwd=str(site.tmp))
+    process = Process(argv, cwd=str(site.tmp), env=site.env)
     site.processes.append(process)
     return process
 
 
 def history(site, db, *args):
-    return cauldron("history", "-c", site.config, "--db", db, "-s", "demo", *args,
-                    cwd=str(site.tmp))
+    """``cauldron history``; ``db`` None: without --db (the default archive)."""
+    where = [] if db is None else ["--db", db]
+    return cauldron("history", "-c", site.config, *where, "-s", "demo", *args,
+                    cwd=str(site.tmp), env=site.env)
 
 
 def archiveTheDemo(site, db):
     """The demo and an archiver beside it; fires once TEMP has a few rows stored."""
     demo = start(site, [sys.executable, "-m", "cauldron", "demo", "-c", site.config])
     demo.waitForLine(LISTENING)
+    where = [] if db is None else ["--db", db]
     archiver = start(site, [*TWISTD, "-n", "--pidfile=", "cauldron-archiver", "-c", site.config,
-                            "--db", db, "--keywords", "TEMP,MODE"])
+                            *where, "--keywords", "TEMP,MODE"])
     archiver.waitForLine(STORING)
     rows = poll(lambda: history(site, db, "TEMP").stdout.splitlines(),
                 lambda lines: len(lines) >= 3, what="three TEMP rows archived")
     return demo, archiver, rows
 
 
-@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("database", ["default", "sqlite", "postgresql"])
 def test_archiveBesideTheDemo(site, database, request):
-    """Started next to ``cauldron demo``: TEMP's history comes back, in every format."""
-    if database == "sqlite":
+    """Started next to ``cauldron demo``: TEMP's history comes back, in every format.
+
+    ``default``: no --db anywhere, no setup: the default SQLite file is made.
+    """
+    if database == "default":
+        db = None
+    elif database == "sqlite":
         db = "sqlite:///%s" % (site.tmp / "archive.sqlite",)
     else:
         db = request.getfixturevalue("postgresUrl")
@@ -78,7 +88,8 @@ def test_archiveBesideTheDemo(site, database, request):
     assert [r["sequence"] for r in rows] == sorted(r["sequence"] for r in rows)
 
     # A value written now is in the history, and --at gives it.
-    assert cauldron("modify", "-c", site.config, "-s", "demo", "MODE=ON").returncode == 0
+    assert cauldron("modify", "-c", site.config, "-s", "demo", "MODE=ON",
+                    env=site.env).returncode == 0
     poll(lambda: history(site, db, "MODE").stdout, lambda out: out.rstrip().endswith("ON"),
          what="MODE=ON archived")
     at = history(site, db, "MODE", "--at", "now")
@@ -91,6 +102,18 @@ def test_archiveBesideTheDemo(site, database, request):
     archiver.signal(signal.SIGTERM)
     assert archiver.wait(DEADLINE) in (0, -signal.SIGTERM), archiver.text()
     assert "Traceback" not in archiver.text(), archiver.text()
+    if db is None:
+        made = site.tmp / "state" / "cauldron" / "archive.sqlite"
+        assert made.is_file() and (made.parent.stat().st_mode & 0o777) == 0o700
+
+
+def test_historyWithoutAnArchive(site):
+    """Nothing archived yet: one line saying what to start, no empty file made."""
+    result = history(site, None, "TEMP")
+    assert result.returncode == 1 and result.stdout == "", result
+    assert result.stderr.startswith("cauldron: no archive at sqlite:///"), result
+    assert "start cauldron-archiver" in result.stderr and result.stderr.count("\n") == 1
+    assert not (site.tmp / "state").exists()
 
 
 def test_badInputIsOneLine(site):

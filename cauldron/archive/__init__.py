@@ -12,7 +12,8 @@ from cauldron.archive.history import formatRecords, history, valueAt
 from cauldron.archive.store import ArchiveError, AsyncStore, Record, Store, openStore
 
 __all__ = ["DEFAULT_DB", "ArchiverService", "history", "valueAt", "formatRecords",
-           "Record", "Store", "AsyncStore", "openStore", "ArchiveError", "defaultDatabase"]
+           "Record", "Store", "AsyncStore", "openStore", "ArchiveError", "defaultDatabase",
+           "prepareDefault"]
 
 
 def defaultDatabase(environ=os.environ):
@@ -24,3 +25,9 @@ def defaultDatabase(environ=os.environ):
 
 #: where the archiver stores, and ``cauldron history`` reads, without ``--db``
 DEFAULT_DB = defaultDatabase()
+
+
+def prepareDefault(db):
+    """Make the default archive's directory (0700) if ``db`` is it: no setup needed."""
+    if db == DEFAULT_DB:
+        os.makedirs(os.path.dirname(DEFAULT_DB[len("sqlite:///"):]), mode=0o700, exist_ok=True)

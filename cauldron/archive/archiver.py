@@ -133,8 +133,10 @@ class ArchiverService(service.Service):
         A bad URL or a database that refuses the schema raises at once
         (synchronously for the URL): nothing half-started is left behind.
         """
+        from cauldron.archive import prepareDefault
         from cauldron.client import ClientService
 
+        prepareDefault(self.db)
         self.store = AsyncStore(openStore(self.db), self.reactor)
         super().startService()
         self.client = ClientService(self.config, reactor=self.reactor, timeout=self.timeout)

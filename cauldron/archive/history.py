@@ -9,10 +9,12 @@ import csv
 import datetime
 import io
 import json
+import os
 import time
 
-from cauldron.archive.store import openStore
+from cauldron.archive.store import SQLiteStore, openStore
 from cauldron.archive.times import isoTime, localTime, parseInstant
+from cauldron.errors import ConfigError
 
 __all__ = ["history", "valueAt", "formatRecords", "instant"]
 
@@ -28,12 +30,25 @@ def instant(when, now=None):
     return parseInstant(when, time.time() if now is None else now)
 
 
+def _openForReading(db):
+    """The store of an existing archive: reading never makes an empty one."""
+    from cauldron.archive import DEFAULT_DB
+
+    if db == DEFAULT_DB and not os.path.exists(DEFAULT_DB[len("sqlite:///"):]):
+        raise ConfigError(f"no archive at {DEFAULT_DB}: start cauldron-archiver "
+                          "(see docs/archive.rst), or name the archive with --db")
+    store = openStore(db)
+    if isinstance(store, SQLiteStore) and not os.path.exists(store.path):
+        raise ConfigError(f"archive database {store.url}: no such file {store.path}")
+    return store
+
+
 def history(db, service, keywords, since=None, until=None, limit=None):
     """Every stored record of ``service``'s ``keywords`` in time order (gaps included).
 
     :returns: a list of :class:`~cauldron.archive.store.Record`.
     """
-    store = openStore(db)
+    store = _openForReading(db)
     try:
         store.setUp()
         return store.query(service.lower(), [k.upper() for k in keywords],
@@ -44,7 +59,7 @@ def history(db, service, keywords, since=None, until=None, limit=None):
 
 def valueAt(db, service, keywords, when):
     """Each keyword's value at ``when``: ``{KEYWORD: Record or None}``."""
-    store = openStore(db)
+    store = _openForReading(db)
     try:
         store.setUp()
         return store.at(service.lower(), [k.upper() for k in keywords], instant(when))

@@ -51,12 +51,13 @@ class ArchiverOptions(usage.Options):
         sys.exit(0)
 
     def postOptions(self):
-        from cauldron.archive import DEFAULT_DB
+        from cauldron.archive import DEFAULT_DB, prepareDefault
         from cauldron.archive.store import openStore
         from cauldron.archive.times import parseDuration
 
         try:
             self.loadedConfig = _config.load(self["config"])
+            prepareDefault(self["db"] or DEFAULT_DB)
             openStore(self["db"] or DEFAULT_DB).close()  # the URL's form, before anything runs
         except CauldronError as e:
             raise usage.UsageError(str(e)) from None
