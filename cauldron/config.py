@@ -15,9 +15,11 @@ changes directory later still finds them.  The keys themselves are read by
 :mod:`cauldron.transport.curve`.
 """
 
+import ast
 import configparser
 import difflib
 import os
+import stat
 import types
 import warnings
 
@@ -30,6 +32,8 @@ __all__ = [
     "ENV_VAR",
     "load",
     "coerce",
+    "checkIpcDir",
+    "defaultIpcDir",
 ]
 
 ENV_VAR = "CAULDRON_CONFIG"
@@ -43,6 +47,7 @@ DEFAULTS = types.MappingProxyType(
                 "protocol": "tcp",
                 "dispatch-port": "6511",
                 "broadcast-port": "6512",
+                "ipc-dir": "",
             }
         ),
         "zmq-router": types.MappingProxyType(
@@ -161,6 +166,7 @@ _PARSERS = {
         "protocol": _protocol,
         "dispatch-port": _bindPort,
         "broadcast-port": _bindPort,
+        "ipc-dir": _path,
     },
     "zmq-router": {
         "enable": _boolean,
@@ -333,6 +339,14 @@ def _baseOf(path):
     return os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
 
 
+def _quoted(text):
+    """True for ``"x"`` or ``'x'``: TOML habits, which INI keeps as part of the value."""
+    if not isinstance(text, str):
+        return False
+    text = text.strip()
+    return len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'"
+
+
 def _validate(raw, source, base):
     """Parse every value of ``raw``; the first bad one raises ConfigError."""
     values = {}
@@ -341,6 +355,8 @@ def _validate(raw, source, base):
         for key, parse in parsers.items():
             text = raw[section][key]
             try:
+                if _quoted(text):
+                    raise ValueError("INI values take no quotes (is this a TOML file?)")
                 values[section][key] = parse(text)
             except ValueError as e:
                 raise ConfigError(
@@ -361,10 +377,59 @@ def _validate(raw, source, base):
             "(last-port is exclusive; leases are port pairs from [first-port, last-port))"
             % (source, raw["zmq-router"]["last-port"], r["first-port"] + 2)
         )
+    _validateIpc(values, raw["zmq"]["ipc-dir"], source, base)
     _validateSecurity(values["security"], source, base)
     return types.MappingProxyType(
         {s: types.MappingProxyType(k) for s, k in values.items()}
     )
+
+
+def defaultIpcDir(environ=None):
+    """``$XDG_RUNTIME_DIR/cauldron`` if that is set, else ``/tmp/cauldron-UID``."""
+    environ = os.environ if environ is None else environ
+    runtime = environ.get("XDG_RUNTIME_DIR", "").strip()
+    if runtime and os.path.isabs(runtime):
+        return os.path.join(runtime, "cauldron")
+    return os.path.join("/tmp", "cauldron-%d" % (os.getuid(),))
+
+
+def checkIpcDir(path):
+    """Why the folder of ipc files is unsafe to use, or None (a missing one is made later)."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return "cannot be used: %s" % (e.strerror,)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        return "exists and is not a folder"
+    if info.st_uid != os.getuid():
+        return "is owned by uid %d, not by this user (uid %d)" % (info.st_uid, os.getuid())
+    if info.st_mode & 0o022:
+        return ("is writable by others (mode %03o): chmod 700 it, or set another ipc-dir"
+                % (stat.S_IMODE(info.st_mode),))
+    return None
+
+
+def _validateIpc(values, rawDir, source, base):
+    """Resolve ``[zmq] ipc-dir``; with ipc in use, check it and put relative hosts in it.
+
+    ZeroMQ names an ipc socket by a file path: ``HOST-PORT``.  A relative
+    HOST would land in each process's working directory, so it is made
+    ``IPC-DIR/HOST``: every process of the user finds the same files.
+    """
+    z, r = values["zmq"], values["zmq-router"]
+    folder = z["ipc-dir"]
+    folder = os.path.normpath(os.path.join(base, folder)) if folder else defaultIpcDir()
+    z["ipc-dir"] = folder
+    if "ipc" not in (z["protocol"], r["protocol"]):
+        return
+    problem = checkIpcDir(folder)
+    if problem:
+        raise ConfigError("%s: [zmq] ipc-dir = %r: %s" % (source, rawDir or folder, problem))
+    for section in (z, r):
+        if section["protocol"] == "ipc":
+            section["host"] = os.path.join(folder, section["host"])
 
 
 def _validateSecurity(security, source, base):
@@ -379,6 +444,35 @@ def _validateSecurity(security, source, base):
         )
 
 
+def _shownLine(line):
+    """A line of the file for a message: stripped, cut short, quoted."""
+    line = line.strip()
+    if len(line) > 60:
+        line = line[:59] + "\u2026"
+    return repr(line)
+
+
+def _iniProblem(error):
+    """One line saying what configparser found wrong (its own text spans lines)."""
+    if isinstance(error, configparser.MissingSectionHeaderError):
+        return "not an INI file: line %d comes before any [section] header: %s" % (
+            error.lineno, _shownLine(error.line))
+    if isinstance(error, configparser.ParsingError):
+        lineno, line = error.errors[0]
+        try:  # configparser keeps repr(line)
+            line = ast.literal_eval(line)
+        except (ValueError, SyntaxError):
+            pass
+        more = len(error.errors) - 1
+        return "not an INI file: line %d is neither [section] nor key = value: %s%s" % (
+            lineno, _shownLine(line), " (and %d more bad lines)" % more if more else "")
+    if isinstance(error, configparser.DuplicateSectionError):
+        return "line %s: section [%s] given twice" % (error.lineno, error.section)
+    if isinstance(error, configparser.DuplicateOptionError):
+        return "line %s: [%s] %s given twice" % (error.lineno, error.section, error.option)
+    return "not an INI file: %s" % (" ".join(str(error).split()),)
+
+
 def _readFile(path):
     parser = configparser.ConfigParser(interpolation=None, default_section="\0none")
     try:
@@ -388,8 +482,13 @@ def _readFile(path):
         raise ConfigError("%s: configuration file not found" % (path,)) from None
     except OSError as e:
         raise ConfigError("%s: cannot read configuration file: %s" % (path, e.strerror)) from None
-    except (configparser.Error, UnicodeDecodeError) as e:
-        raise ConfigError("%s: not a valid INI file: %s" % (path, e)) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            "%s: not an INI file: not UTF-8 text (byte 0x%02x at offset %d)"
+            % (path, e.object[e.start], e.start)
+        ) from None
+    except configparser.Error as e:
+        raise ConfigError("%s: %s" % (path, _iniProblem(e))) from None
     return {section: dict(parser.items(section)) for section in parser.sections()}
 
 

@@ -159,6 +159,8 @@ def _parseInteger(value, low, high, allowBool=True):
             raise _Reject(f"{_shown(value)} is not a finite number")
         if not _DECIMAL_TEXT.fullmatch(text):
             raise _Reject(f"{_shown(value)} is not a number")
+        if not math.isfinite(float(text)):  # "1e999": no peer reads it back as a number
+            raise _Reject(f"{_shown(value)} is not a finite number")
         number = decimal.Decimal(text)  # "4.0", "1e3"; bounded before int()
         if number != number.to_integral_value():
             raise _Reject(f"{_shown(value)} is not an integer")

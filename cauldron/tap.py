@@ -6,7 +6,7 @@ dispatcher within a service spread over several; the service name by
 default; ``--state`` is the file keeping the persisted keywords' values).
 Everything that can be checked before the reactor runs (configuration,
 keyword file) is checked in ``postOptions``, so a bad file is a usage error:
-twistd prints it and exits non-zero.
+one line on stderr (see :class:`OneLineUsage`) and exit status 1.
 
 A failure to start (an address in use, say) only shows once the reactor
 runs; :class:`DispatcherRunner` turns it into one log line, a stopped reactor
@@ -28,6 +28,7 @@ from cauldron import config as _config
 from cauldron.errors import CauldronError
 
 __all__ = [
+    "OneLineUsage",
     "RouterOptions",
     "DispatcherOptions",
     "DispatcherRunner",
@@ -44,7 +45,42 @@ START_FAILED_STATUS = 1
 FENCED_STATUS = 3
 
 
-class RouterOptions(usage.Options):
+#: exit status of twistd when its cauldron options are bad
+USAGE_STATUS = 1
+
+
+class OneLineUsage:
+    """Mixin for the Options of a twistd plugin: a usage error is one line on stderr.
+
+    twistd answers a :class:`usage.UsageError` from a plugin's options by
+    printing its whole usage text on stdout, then the message.  Under twistd
+    (the options have a ``parent``: twistd's own) this writes
+    ``twistd PLUGIN: MESSAGE`` to stderr instead and exits with
+    :data:`USAGE_STATUS`.  Used alone (tests, ``Cauldron-router-zmq``), the
+    UsageError propagates as usual.  ``--version`` prints cauldron's version.
+    """
+
+    def parseOptions(self, options=None):
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            parent = getattr(self, "parent", None)
+            if parent is None:
+                raise
+            name = getattr(parent, "subCommand", None) or type(self).__name__
+            sys.stderr.write("twistd %s: %s\n" % (name, " ".join(str(e).split())))
+            sys.stderr.flush()
+            sys.exit(USAGE_STATUS)
+
+    def opt_version(self):
+        """Print cauldron's version and exit."""
+        from cauldron import __version__
+
+        print("cauldron %s" % (__version__,))
+        sys.exit(0)
+
+
+class RouterOptions(OneLineUsage, usage.Options):
     """Options of ``twistd cauldron-router`` and ``Cauldron-router-zmq``."""
 
     synopsis = "[-c CONFIG] [-v ...]"
@@ -57,13 +93,6 @@ class RouterOptions(usage.Options):
     def __init__(self):
         usage.Options.__init__(self)
         self["verbose"] = None  # None: [zmq-router] verbose decides
-
-    def opt_version(self):
-        """Print cauldron's version and exit."""
-        from cauldron import __version__
-
-        print("cauldron %s" % (__version__,))
-        sys.exit(0)
 
     def opt_verbose(self):
         """Increase verbosity (up to three times; overrides [zmq-router] verbose)."""
@@ -94,7 +123,7 @@ def _positiveSeconds(text):
     return value
 
 
-class DispatcherOptions(usage.Options):
+class DispatcherOptions(OneLineUsage, usage.Options):
     """Options of ``twistd cauldron-dispatcher``.
 
     After parsing, ``options.loadedConfig`` and ``options.keywordObjects``
@@ -109,13 +138,6 @@ class DispatcherOptions(usage.Options):
         ["dispatcher", "d", None,
          "Name of this dispatcher within the service (default: the service name)."],
         ["keywords", "k", None, "TOML file defining the keywords (required)."],
-        [
-            "heartbeat",
-            None,
-            1.0,
-            "Seconds between heartbeats and lease renewals.",
-            _positiveSeconds,
-        ],
         ["state", None, None,
          "SQLite file keeping the values of keywords with persist = true (default: "
          "$XDG_STATE_HOME/cauldron/SERVICE[-DISPNAME].sqlite, $XDG_STATE_HOME being "
@@ -124,6 +146,19 @@ class DispatcherOptions(usage.Options):
 
     loadedConfig = None
     keywordObjects = None
+
+    def __init__(self):
+        usage.Options.__init__(self)
+        self["heartbeat"] = 1.0
+
+    def opt_heartbeat(self, text):
+        """Seconds between heartbeats and lease renewals [default: 1.0]."""
+        # Not a coerced optParameter: twisted would word the error
+        # "Parameter type enforcement failed", without the option's name.
+        try:
+            self["heartbeat"] = _positiveSeconds(text)
+        except ValueError as e:
+            raise usage.UsageError("--heartbeat: %s" % (e,)) from None
 
     def postOptions(self):
         """Check everything we can before the reactor runs."""

@@ -1,5 +1,6 @@
 """Tests for cauldron.config: defaults, lookup order, validation, immutability."""
 
+import os
 import warnings
 
 import pytest
@@ -26,6 +27,7 @@ EXPECTED_DEFAULTS = {
     ("zmq", "protocol"): "tcp",
     ("zmq", "dispatch-port"): 6511,
     ("zmq", "broadcast-port"): 6512,
+    ("zmq", "ipc-dir"): config.defaultIpcDir(),
     ("zmq-router", "enable"): True,
     ("zmq-router", "host"): "localhost",
     ("zmq-router", "protocol"): "tcp",
@@ -138,6 +140,74 @@ def test_configPassthrough():
     assert config.coerce(c) is c
 
 
+def test_ipcDirDefault(monkeypatch):
+    """ipc files go in $XDG_RUNTIME_DIR/cauldron, else /tmp/cauldron-UID."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1234")
+    assert load().get("zmq", "ipc-dir") == "/run/user/1234/cauldron"
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    assert load().get("zmq", "ipc-dir") == "/tmp/cauldron-%d" % os.getuid()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "relative")  # not a runtime dir: ignored
+    assert load().get("zmq", "ipc-dir") == "/tmp/cauldron-%d" % os.getuid()
+
+
+def test_ipcRelativeHostsGoInTheIpcDir(tmp_path):
+    """A relative ipc host is made IPC-DIR/HOST, whatever the working directory."""
+    path = writeConfig(
+        tmp_path,
+        "[zmq]\nprotocol = ipc\nhost = 127.0.0.1\nipc-dir = sockets\n"
+        "[zmq-router]\nprotocol = ipc\n",
+    )
+    c = load(path)
+    folder = str(tmp_path / "sockets")  # relative to the config file
+    assert c.get("zmq", "ipc-dir") == folder
+    assert c.dispatchAddress() == "ipc://%s/127.0.0.1-6511" % folder
+    assert c.routerAddress() == "ipc://%s/localhost-6510" % folder
+    assert not os.path.exists(folder)  # made by whoever binds first, not at load
+    again = Config.fromMapping(c.asDict())  # written back (a spawned router): the same
+    assert again.dispatchAddress() == c.dispatchAddress()
+    tcp = load(writeConfig(tmp_path, "[zmq]\nhost = 127.0.0.1\n", "tcp.ini"))
+    assert tcp.get("zmq", "host") == "127.0.0.1"
+
+
+@pytest.mark.parametrize("mode, why", [
+    (0o777, "is writable by others (mode 777): chmod 700 it, or set another ipc-dir"),
+    (0o720, "is writable by others (mode 720)"),
+])
+def test_ipcDirUnsafe(tmp_path, mode, why):
+    """An ipc-dir others can write to is refused at load, naming file, key and value."""
+    folder = tmp_path / "open"
+    folder.mkdir()
+    folder.chmod(mode)
+    path = writeConfig(tmp_path, "[zmq]\nprotocol = ipc\nipc-dir = %s\n" % folder)
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert str(info.value).startswith("%s: [zmq] ipc-dir = %r: %s" % (path, str(folder), why))
+    folder.chmod(0o700)
+    assert load(path).get("zmq", "ipc-dir") == str(folder)
+    tcp = writeConfig(tmp_path, "[zmq]\nipc-dir = %s\n" % folder, "tcp.ini")
+    folder.chmod(mode)
+    load(tcp)  # not checked when nothing uses ipc
+
+
+def test_ipcDirOwnedBySomeoneElse():
+    """A folder owned by another user (here root's /) is refused."""
+    if os.getuid() == 0:
+        why = "is writable by others"
+        folder = "/tmp"
+    else:
+        why = "is owned by uid 0, not by this user"
+        folder = "/"
+    assert why in config.checkIpcDir(folder)
+    with pytest.raises(ConfigError, match="ipc-dir"):
+        Config.fromMapping({"zmq": {"protocol": "ipc", "ipc-dir": folder}})
+
+
+def test_ipcDirNotAFolder(tmp_path):
+    (tmp_path / "file").write_text("")
+    assert config.checkIpcDir(str(tmp_path / "file")) == "exists and is not a folder"
+    assert config.checkIpcDir(str(tmp_path / "missing")) is None
+
+
 def test_unparsable(tmp_path):
     path = writeConfig(tmp_path, "this is not ini\n[zmq\n")
     with pytest.raises(ConfigError, match="config.ini"):
@@ -148,6 +218,34 @@ def test_duplicateKeyIsUnparsable(tmp_path):
     path = writeConfig(tmp_path, "[zmq]\nhost = a\nhost = b\n")
     with pytest.raises(ConfigError, match="config.ini"):
         load(path)
+
+
+NOT_INI = [
+    ("toml.ini", b'title = "x"\n[zmq]\nhost = "x"\n',
+     "not an INI file: line 1 comes before any [section] header: 'title = \"x\"'"),
+    ("image.png", b"\x89PNG\r\n\x1a\n\x00\x00",
+     "not an INI file: not UTF-8 text (byte 0x89 at offset 0)"),
+    ("nul.bin", b"\x00\x01\x02\n",
+     r"not an INI file: line 1 comes before any [section] header: '\x00\x01\x02'"),
+    ("bad.ini", b"[zmq]\nhost\n[x\n",
+     "not an INI file: line 2 is neither [section] nor key = value: 'host' (and 1 more bad lines)"),
+    ("twice.ini", b"[zmq]\n[zmq]\n", "line 2: section [zmq] given twice"),
+    ("key.ini", b"[zmq]\nhost = a\nhost = b\n", "line 3: [zmq] host given twice"),
+    ("quoted.toml", b'[zmq]\nhost = "127.0.0.1"\n',
+     "[zmq] host = '\"127.0.0.1\"': INI values take no quotes (is this a TOML file?)"),
+]
+
+
+@pytest.mark.parametrize("name, content, why", NOT_INI, ids=[n for n, _, _ in NOT_INI])
+def test_notIniIsOneLine(tmp_path, name, content, why):
+    """A file that is not INI is one line: the file, then what is wrong, said once."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        load(str(path))
+    message = str(info.value)
+    assert message == "%s: %s" % (path, why)
+    assert "\n" not in message and message.count(str(path)) == 1
 
 
 def test_badValueNamesEverything(tmp_path):

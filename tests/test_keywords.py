@@ -177,7 +177,11 @@ REJECT = [
     ("integer", "inf", "is not a finite number"),
     ("integer", INT32_MAX + 1, "is above the maximum"),
     ("integer", INT32_MIN - 1, "is below the minimum"),
-    ("integer", "1e999999999", "is above the maximum"),
+    ("integer", "1e999999999", "'1e999999999' is not a finite number"),
+    ("integer", "1e999", "'1e999' is not a finite number"),
+    ("integer", "-1E+999", "is not a finite number"),
+    ("integer", "1e20", "'1e20' is above the maximum"),
+    ("integer array", "1 1e999", "element 1: '1e999' is not a finite number"),
     ("integer", None, "is not an integer"),
     ("integer", [1], "is not an integer"),
     ("double", "blah", "'blah' is not a number"),
@@ -283,6 +287,28 @@ def test_oversizedTextIsRejectedFast():
         with pytest.raises(BadValue, match="too long|more than"):
             kw.toBinary("1 " * 10**7)
     assert time.monotonic() - start < 2
+
+
+@pytest.mark.parametrize(
+    "keyword, given",
+    [
+        (Integer("i"), "1e999"),
+        (Integer("i"), "1e20"),
+        (Integer("i"), "abc"),
+        (Integer("i"), "4.5"),
+        (Double("d"), "1e999"),
+        (Double("d", range=(0, 1)), "5"),
+        (Enumerated("e", enumerators=["OFF", "ON"]), "DIM"),
+        (IntegerArray("a"), "1 zz"),
+    ],
+)
+def test_rejectedValueIsShownOnce(keyword, given):
+    """The one-line message names the keyword and shows the value exactly once."""
+    with pytest.raises(BadValue) as info:
+        keyword.toBinary(given)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.count(given.split()[-1]) == 1, message
 
 
 def test_rejectedValuesAreCutShortInMessages():

@@ -1,14 +1,18 @@
 """Tests for cauldron.tap and the twistd plugins: options, service tree, discovery.
 
-Running twistd for real (bad keyword file, address in use) is covered by
-tests/test_cli.py, beside the other subprocess tests.
+Running twistd for real: one-line usage errors and --version here
+(TwistdOneLineErrorTests); address in use in tests/test_cli.py.
 """
 
 import importlib
+import io
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
+from processes import DEADLINE, TWISTD, environment
 from twisted.application.service import IService, IServiceMaker, MultiService, Service
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
@@ -353,3 +357,76 @@ class PluginTests(SynchronousTestCase):
         options.parseOptions(["-s", "demo", "-k", writeFile(self, KEYWORDS, "k.toml")])
         top = plugin.makeService(options)
         self.assertIsInstance(top, DispatcherRunner)
+
+
+class TwistdOneLineErrorTests(SynchronousTestCase):
+    """Under twistd, a bad option or file is one line on stderr, nothing on stdout."""
+
+    def twistd(self, *args):
+        folder = tempfile.mkdtemp(prefix="cauldron-test-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        return subprocess.run(
+            [*TWISTD, "-n", "--pidfile=", *args], cwd=folder, env=environment(),
+            capture_output=True, text=True, timeout=DEADLINE, stdin=subprocess.DEVNULL,
+        )
+
+    def assertOneLine(self, result, plugin, message):
+        self.assertEqual(result.returncode, 1, result)
+        self.assertEqual(result.stdout, "", result)
+        self.assertEqual(result.stderr, "twistd %s: %s\n" % (plugin, message))
+
+    def test_badKeywordFile(self):
+        bad = writeFile(self, '[TEMP]\ntype = "double"\nrange = [1]\n', "bad.toml")
+        result = self.twistd("cauldron-dispatcher", "-s", "demo", "-k", bad)
+        self.assertOneLine(result, "cauldron-dispatcher",
+                           "%s: [TEMP] range: expected [min, max], got [1]" % bad)
+
+    def test_badConfig(self):
+        config = writeFile(self, 'title = "toml"\n', "cauldron.toml")
+        result = self.twistd("cauldron-dispatcher", "-c", config, "-s", "demo",
+                             "-k", writeFile(self, KEYWORDS, "k.toml"))
+        self.assertOneLine(
+            result, "cauldron-dispatcher",
+            "%s: not an INI file: line 1 comes before any [section] header: "
+            "'title = \"toml\"'" % config)
+        result = self.twistd("cauldron-router", "-c", config)
+        self.assertEqual(result.stderr.splitlines()[0][:24], "twistd cauldron-router: ")
+        self.assertEqual((result.returncode, result.stdout), (1, ""))
+
+    def test_badOption(self):
+        result = self.twistd("cauldron-dispatcher", "--bogus")
+        self.assertOneLine(result, "cauldron-dispatcher", "option --bogus not recognized")
+        result = self.twistd("cauldron-dispatcher", "-s", "demo")
+        self.assertOneLine(result, "cauldron-dispatcher", "--keywords is required")
+        result = self.twistd("cauldron-dispatcher", "-s", "demo", "--heartbeat", "fast")
+        self.assertOneLine(result, "cauldron-dispatcher",
+                           "--heartbeat: not a number of seconds: 'fast'")
+
+    def test_version(self):
+        """--version prints cauldron's version, for the dispatcher and the router."""
+        from cauldron import __version__
+
+        for plugin in ("cauldron-dispatcher", "cauldron-router"):
+            result = self.twistd(plugin, "--version")
+            self.assertEqual((result.returncode, result.stdout, result.stderr),
+                             (0, "cauldron %s\n" % (__version__,), ""))
+
+
+class OneLineUsageTests(SynchronousTestCase):
+    """Outside twistd (no parent options) a UsageError still propagates."""
+
+    def test_withoutParentRaises(self):
+        self.assertRaises(usage.UsageError, DispatcherOptions().parseOptions, ["--bogus"])
+
+    def test_withParentExits(self):
+        class Parent:
+            subCommand = "cauldron-dispatcher"
+
+        options = DispatcherOptions()
+        options.parent = Parent()
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        error = self.assertRaises(SystemExit, options.parseOptions, ["--bogus"])
+        self.assertEqual(error.code, 1)
+        self.assertEqual(stderr.getvalue(),
+                         "twistd cauldron-dispatcher: option --bogus not recognized\n")

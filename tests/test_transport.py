@@ -1,5 +1,11 @@
 """Tests for cauldron.transport: safe socket options, identity routing, bounded reads."""
 
+import os
+import shutil
+import socket
+import stat
+import tempfile
+
 import zmq
 from helpers import HOST, eventually
 from twisted.internet import defer
@@ -259,6 +265,76 @@ def threadCount():
             if line.startswith("Threads:"):
                 return int(line.split()[1])
     raise AssertionError("no Threads line in /proc/self/status")
+
+
+class IpcFileTests(unittest.TestCase):
+    """ipc files: their folder made private, a listened name refused, removed on close."""
+
+    def setUp(self):
+        self.folder = tempfile.mkdtemp(prefix="cauldron-test-")
+        self.addCleanup(shutil.rmtree, self.folder, True)
+        self.transport = Transport(globalReactor)
+        self.addCleanup(self.transport.shutdown)
+
+    def test_folderMadeAndFileRemovedOnClose(self):
+        folder = os.path.join(self.folder, "made", "here")
+        path = os.path.join(folder, "h-6511")
+        router = self.transport.router(lambda identity, frames: None)
+        self.assertEqual(router.bind("ipc://" + path), "ipc://" + path)
+        self.assertEqual(stat.S_IMODE(os.stat(folder).st_mode), 0o700)
+        self.assertTrue(os.path.exists(path))
+        self.transport.close(router)
+        self.assertFalse(os.path.exists(path))
+
+    def test_fileRemovedOnShutdown(self):
+        path = os.path.join(self.folder, "h-6512")
+        self.transport.publisher().bind("ipc://" + path)
+        self.transport.shutdown()
+        self.assertEqual(os.listdir(self.folder), [])
+
+    def test_listenedNameIsInUse(self):
+        """libzmq would take over a listened ipc name; we refuse it as AddressInUse."""
+        address = "ipc://" + os.path.join(self.folder, "h-6513")
+        self.transport.router(lambda identity, frames: None).bind(address)
+        other = Transport(globalReactor)
+        self.addCleanup(other.shutdown)
+        second = other.router(lambda identity, frames: None)
+        self.assertRaises(AddressInUse, second.bind, address)
+        other.shutdown()
+        self.assertTrue(os.path.exists(address[len("ipc://"):]))  # still the first one's
+
+    def test_staleFileIsReused(self):
+        """A file left by a killed process (nobody listening) is taken over."""
+        path = os.path.join(self.folder, "h-6514")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stale:
+            stale.bind(path)
+        router = self.transport.router(lambda identity, frames: None)
+        router.bind("ipc://" + path)
+        self.transport.close(router)
+        self.assertFalse(os.path.exists(path))
+
+    @defer.inlineCallbacks
+    def test_ipcPeerHasNoAddress(self):
+        """An ipc peer's address is "" (libzmq gives "localhost:UID:GID:PID", no IP)."""
+        peers = []
+        router = self.transport.router(lambda peer, frames: peers.append(peer))
+        address = router.bind("ipc://" + os.path.join(self.folder, "h-6516"))
+        dealer = self.transport.dealer(lambda frames: None)
+        dealer.connect(address)
+        dealer.send([b"hello"])
+        yield eventually(lambda: peers)
+        self.assertEqual(peers[0].address, "")
+
+    def test_nameTakenOverIsNotRemoved(self):
+        """A file that is no longer the one this socket bound is left alone."""
+        path = os.path.join(self.folder, "h-6515")
+        router = self.transport.router(lambda identity, frames: None)
+        router.bind("ipc://" + path)
+        os.unlink(path)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as newcomer:
+            newcomer.bind(path)
+            self.transport.close(router)
+            self.assertTrue(os.path.exists(path))
 
 
 class SharedContextTests(unittest.TestCase):

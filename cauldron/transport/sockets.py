@@ -32,6 +32,7 @@ passes.
 """
 
 import itertools
+import os
 import struct
 
 import zmq
@@ -114,6 +115,25 @@ def bindAddress(protocol, host, port):
     return f"tcp://{host}:{port or '*'}"
 
 
+def _ipcPath(address):
+    """The file of an ``ipc://PATH`` address; None for other transports and ``ipc://*``."""
+    if not address.startswith("ipc://"):
+        return None
+    path = address[len("ipc://"):]
+    return None if path in ("", "*") or path.startswith("@") else path
+
+
+def _makeIpcFolder(folder):
+    """Create the folder of ipc files (mode 0700) if it is missing; refuse an unsafe one."""
+    if not folder or os.path.isdir(folder):
+        return
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{folder}: cannot create the folder of ipc files: "
+                          f"{e.strerror}") from None
+
+
 def portOf(address):
     """The TCP port of a ``tcp://host:port`` address (0 for other transports)."""
     if not address.startswith("tcp://"):
@@ -142,6 +162,7 @@ class _Connection(ZmqConnection):
         self._serverKey = None
         self._refusals = None
         self._role = None
+        self._ipcFiles = []  # (path, st_dev, st_ino) of each ipc file this socket bound
         self.malformed = 0
         self.closed = False
         super().__init__(factory)
@@ -207,15 +228,46 @@ class _Connection(ZmqConnection):
         self._role = role
 
     def bind(self, address):
-        """Bind, and return the address actually bound (ephemeral ports resolved)."""
+        """Bind, and return the address actually bound (ephemeral ports resolved).
+
+        An ipc file's folder is made (mode 0700) if missing; an ipc file
+        someone listens on is :class:`AddressInUse` (libzmq would silently
+        take it over); the file is removed when this socket shuts down.
+        """
         self._secure("server")
+        path = _ipcPath(address)
+        if path is not None:
+            _makeIpcFolder(os.path.dirname(path))
+            from cauldron.transport.probe import addressFree
+
+            if not addressFree(address):
+                raise AddressInUse(address)
         try:
             self.socket.bind(address)
         except zmq.ZMQError as e:
             if e.errno == zmq.EADDRINUSE:
                 raise AddressInUse(address) from None
             raise
-        return self.socket.get(zmq.LAST_ENDPOINT).decode("ascii")
+        bound = self.socket.get(zmq.LAST_ENDPOINT).decode("ascii")
+        path = _ipcPath(bound)
+        if path is not None:
+            try:
+                info = os.stat(path)
+                self._ipcFiles.append((path, info.st_dev, info.st_ino))
+            except OSError:
+                pass
+        return bound
+
+    def _removeIpcFiles(self):
+        """Unlink the ipc files this socket bound, unless another socket took the name since."""
+        files, self._ipcFiles = self._ipcFiles, []
+        for path, device, inode in files:
+            try:
+                info = os.stat(path)
+                if (info.st_dev, info.st_ino) == (device, inode):
+                    os.unlink(path)
+            except OSError:
+                pass
 
     def connect(self, address):
         self._secure("client")
@@ -302,6 +354,7 @@ class _Connection(ZmqConnection):
             return
         self.closed = True
         super().shutdown()
+        self._removeIpcFiles()
 
     def connectionLost(self, reason):
         if not self.closed and self.factory is not None:
@@ -397,7 +450,10 @@ class Peer(bytes):
 
     @property
     def address(self):
-        return self._property("Peer-Address")
+        address = self._property("Peer-Address")
+        if address.startswith("localhost:"):
+            return ""  # ipc: libzmq gives the peer's credentials, "localhost:UID:GID:PID"
+        return address
 
     @property
     def userId(self):
