@@ -10,6 +10,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(exclude=["tests*", "docs*", "bench*"]) + ["twisted.plugins"],
+    # The web view's own JavaScript and CSS (cauldron/web/static).
+    package_data={"cauldron.web": ["static/*.js", "static/*.css"]},
     install_requires=[
         "twisted>=22.10",
         "txzmq>=1.0.0",
@@ -23,7 +25,7 @@ setup(
         # The PostgreSQL driver of the archiver (SQLite needs nothing extra);
         # the binary build ships libpq, so nothing is compiled.
         "postgres": ["psycopg[binary]>=3.1"],
-        "test": ["pytest", "hypothesis", "psycopg[binary]>=3.1"],
+        "test": ["pytest", "hypothesis", "psycopg[binary]>=3.1", "playwright>=1.40"],
         "docs": ["sphinx"],
     },
     entry_points={

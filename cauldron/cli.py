@@ -1,4 +1,4 @@
-"""The ``cauldron`` command: show, modify, monitor, describe, services, history, demo, keys, ktl.
+"""The ``cauldron`` command: show, modify, monitor, describe, services, history, web, demo, keys.
 
 ``main`` parses arguments and runs :func:`runCommand` under
 ``twisted.internet.task.react``; :func:`runCommand` (the seam tests call
@@ -7,7 +7,7 @@ firing with the exit status.
 
 Exit statuses: 0 success; 1 any cauldron error (one line on stderr, never a
 traceback); 2 bad usage (argparse's convention); 130 a command other than
-``monitor`` or ``demo`` interrupted by Ctrl-C.
+``monitor``, ``demo`` or ``web`` interrupted by Ctrl-C.
 """
 
 import argparse
@@ -20,6 +20,7 @@ import warnings
 from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
+from cauldron import __version__
 from cauldron import config as _config
 from cauldron.errors import CauldronError, CauldronTimeout
 
@@ -75,21 +76,19 @@ def parseAssignments(tokens):
 
 def makeParser():
     """The argument parser of ``cauldron``."""
+    # -c and --timeout go before the command or after it (after wins).  The
+    # defaults live on the main parser only: a subcommand copies every value
+    # it holds over the main parser's, so its own must be SUPPRESS (absent).
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "-c", "--config", metavar="CONFIG",
-        help="configuration file (default: $CAULDRON_CONFIG, else built-in)",
-    )
-    common.add_argument(
-        "--timeout", metavar="SECONDS", type=_timeout, default=5.0,
-        help="deadline of each request (default: 5)",
-    )
+    _addGlobalOptions(common, default=argparse.SUPPRESS)
     withService = argparse.ArgumentParser(add_help=False, parents=[common])
     withService.add_argument("-s", "--service", required=True, help="service name")
 
     parser = argparse.ArgumentParser(
         prog="cauldron", description="Read, write, monitor and describe cauldron keywords."
     )
+    parser.add_argument("--version", action="version", version="cauldron %s" % (__version__,))
+    _addGlobalOptions(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
@@ -120,9 +119,33 @@ def makeParser():
                         help="list each dispatcher of each service the router knows")
     commands.add_parser("demo", parents=[common], help="run a router and a demo dispatcher")
     _addHistoryParser(commands, withService)
+    web = commands.add_parser(
+        "web", parents=[common], help="serve a live web view of every service",
+        description="Serve the web view: every service, every keyword live, writes from "
+                    "the page (see docs/web.rst).  Binds this host only unless told otherwise.",
+    )
+    web.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:8080",
+                     help="address to serve on (default: 127.0.0.1:8080)")
+    web.add_argument("--read-only", action="store_true",
+                     help="no writes: no write widgets, and writes are refused")
+    web.add_argument("--archive", metavar="URL",
+                     help="cauldron-archiver's database, for keyword history in the page")
     _addKeysParser(commands, common)
     _addKtlParser(commands)
     return parser
+
+
+def _addGlobalOptions(parser, default=None):
+    """-c/--config and --timeout; ``default`` SUPPRESS keeps an absent one absent."""
+    parser.add_argument(
+        "-c", "--config", metavar="CONFIG", default=default,
+        help="configuration file (default: $CAULDRON_CONFIG, else built-in)",
+    )
+    parser.add_argument(
+        "--timeout", metavar="SECONDS", type=_timeout,
+        default=5.0 if default is None else default,
+        help="deadline of each request (default: 5)",
+    )
 
 
 def _addKtlParser(commands):
@@ -135,7 +158,7 @@ def _addKtlParser(commands):
                     "cauldron.ktl, with the configuration of -c (else $CAULDRON_CONFIG).",
     )
     run.add_argument(
-        "-c", "--config", metavar="CONFIG",
+        "-c", "--config", metavar="CONFIG", default=argparse.SUPPRESS,
         help="configuration file (default: $CAULDRON_CONFIG, else built-in)",
     )
     run.add_argument("script", metavar="SCRIPT")
@@ -479,6 +502,14 @@ async def _history(reactor, args, printer):
     return EXIT_OK
 
 
+async def _web(reactor, args, printer):
+    from cauldron.web import runWeb
+
+    await runWeb(reactor, config=args.config, listen=args.listen, readOnly=args.read_only,
+                 archive=args.archive, printer=printer.line)
+    return EXIT_OK
+
+
 _COMMANDS = {
     "show": _show,
     "modify": _modify,
@@ -487,6 +518,7 @@ _COMMANDS = {
     "services": _services,
     "demo": _demo,
     "history": _history,
+    "web": _web,
     "keys": _keys,
 }
 
@@ -623,8 +655,8 @@ def main(argv=None):
 
 
 def _interruptedStatus(args):
-    """Ctrl-C is how monitor and demo end (0); any other command was cut short (130)."""
-    if args.command in ("monitor", "demo"):
+    """Ctrl-C is how monitor, demo and web end (0); any other command was cut short (130)."""
+    if args.command in ("monitor", "demo", "web"):
         return EXIT_OK
     sys.stderr.write("cauldron: interrupted\n")
     sys.stderr.flush()

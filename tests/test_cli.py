@@ -273,6 +273,13 @@ def test_badValue(dispatcher):
     assertOneLineError(dispatcher.run("modify", "-s", "demo", "MODE=DIM"), "MODE", "DIM")
 
 
+def test_notFiniteInteger(dispatcher):
+    """1e999 into an integer is "not a finite number", the value shown once."""
+    result = dispatcher.run("modify", "-s", "demo", "COUNTER=1e999")
+    assertOneLineError(result, "COUNTER: '1e999' is not a finite number")
+    assert result.stderr.count("1e999") == 1, result.stderr
+
+
 def test_readOnly(dispatcher):
     """Writing a read-only keyword is one line naming it."""
     result = dispatcher.run("modify", "-s", "demo", "SERIAL=SN-2")
@@ -316,6 +323,25 @@ def test_missingConfig(tmp_path):
     """A missing configuration file is one line naming it."""
     result = cauldron("show", "-c", str(tmp_path / "nope.ini"), "-s", "demo", "TEMP")
     assertOneLineError(result, "nope.ini")
+
+
+def test_configNotIni(tmp_path):
+    """A TOML file given to -c is one line naming the file, before any network."""
+    toml = tmp_path / "cauldron.toml"
+    toml.write_text('title = "mine"\n[zmq]\nhost = "127.0.0.1"\n')
+    result = cauldron("show", "-c", str(toml), "-s", "demo", "TEMP")
+    assertOneLineError(result, "cauldron.toml: not an INI file: line 1")
+
+
+def test_unsafeIpcDir(tmp_path):
+    """An ipc-dir others may write to is one line naming file, key and value."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    config = tmp_path / "ipc.ini"
+    config.write_text("[zmq]\nprotocol = ipc\nipc-dir = %s\n" % shared)
+    result = cauldron("-c", str(config), "show", "-s", "demo", "TEMP")
+    assertOneLineError(result, "%s: [zmq] ipc-dir = '%s': is writable by others" % (config, shared))
 
 
 def test_badKeywordFile(tmp_path):
@@ -425,6 +451,45 @@ def test_parserDefaults():
     assert (args.config, args.timeout, args.binary) == (None, 5.0, False)
     args = parser.parse_args(["monitor", "-c", "x.ini", "--timeout", "2", "-s", "d", "A"])
     assert (args.config, args.timeout, args.count) == ("x.ini", 2.0, None)
+
+
+def test_globalOptionsBeforeTheCommand():
+    """-c and --timeout may come before the command; given after it too, after wins."""
+    parser = cli.makeParser()
+    args = parser.parse_args(["-c", "x.ini", "--timeout", "2", "show", "-s", "d", "A"])
+    assert (args.config, args.timeout) == ("x.ini", 2.0)
+    args = parser.parse_args(["-c", "x.ini", "--timeout", "2",
+                              "show", "-c", "y.ini", "--timeout", "3", "-s", "d", "A"])
+    assert (args.config, args.timeout) == ("y.ini", 3.0)
+    args = parser.parse_args(["--config", "x.ini", "services"])
+    assert (args.config, args.timeout) == ("x.ini", 5.0)
+    args = parser.parse_args(["-c", "x.ini", "ktl", "run", "s.py"])
+    assert args.config == "x.ini"
+    args = parser.parse_args(["ktl", "run", "-c", "k.ini", "s.py"])
+    assert args.config == "k.ini"
+
+
+def test_globalOptionsAgainstADispatcher(dispatcher):
+    """cauldron -c FILE show ... and cauldron --timeout 2 -c FILE show ... work."""
+    result = cauldron("-c", dispatcher.config, "show", "-s", "demo", "SERIAL")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "SERIAL = SN-1\n", "")
+    result = cauldron("--timeout", "2", "-c", dispatcher.config, "show", "-s", "demo", "SERIAL")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "SERIAL = SN-1\n", "")
+
+
+def test_globalBadTimeout():
+    """A bad --timeout before the command is a usage error (exit 2)."""
+    result = cauldron("--timeout", "soon", "show", "-s", "demo", "TEMP")
+    assert result.returncode == 2 and "soon" in result.stderr, result
+
+
+def test_version():
+    """cauldron --version prints cauldron X.Y.Z."""
+    from cauldron import __version__
+
+    result = cauldron("--version")
+    assert (result.returncode, result.stdout, result.stderr) == (
+        0, "cauldron %s\n" % (__version__,), "")
 
 
 def test_describeFormatting():

@@ -13,11 +13,12 @@ from twisted.python import usage
 
 from cauldron import config as _config
 from cauldron.errors import CauldronError
+from cauldron.tap import OneLineUsage
 
 __all__ = ["ArchiverOptions", "ArchiverRunner", "makeArchiverService"]
 
 
-class ArchiverOptions(usage.Options):
+class ArchiverOptions(OneLineUsage, usage.Options):
     """Options of ``twistd cauldron-archiver``."""
 
     synopsis = "[-c CONFIG] [--db URL] [--services NAME,... | all] [--keywords PATTERN ...] " \
@@ -40,15 +41,6 @@ class ArchiverOptions(usage.Options):
     def opt_keywords(self, patterns):
         """Keyword patterns (KW, T*, svc.*), comma-separated or repeated; default: all."""
         self["keywords"].extend(p.strip() for p in patterns.split(",") if p.strip())
-
-    def opt_version(self):
-        """Print cauldron's version and exit."""
-        import sys
-
-        from cauldron import __version__
-
-        print("cauldron %s" % (__version__,))
-        sys.exit(0)
 
     def postOptions(self):
         from cauldron.archive import DEFAULT_DB, prepareDefault

@@ -1,4 +1,4 @@
-"""twistd plugins: ``cauldron-router``, ``cauldron-dispatcher`` and ``cauldron-archiver``.
+"""twistd plugins: ``cauldron-router``, ``-dispatcher``, ``-archiver`` and ``-web``.
 
 Twisted imports every plugin module to list them, so this one imports only
 Twisted's interfaces; cauldron itself loads when a plugin is actually used.
@@ -55,4 +55,12 @@ cauldronArchiver = _LazyServiceMaker(
     "cauldron.archive.tap",
     "ArchiverOptions",
     "makeArchiverService",
+)
+
+cauldronWeb = _LazyServiceMaker(
+    "cauldron-web",
+    "Cauldron web view: live pages of every service, with writes.",
+    "cauldron.web.tap",
+    "WebOptions",
+    "makeWebService",
 )
