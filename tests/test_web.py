@@ -10,7 +10,7 @@ slow browser is a raw TCP client that never reads.  The browser itself:
 import json
 
 from twisted.application.service import IServiceMaker
-from twisted.internet import defer, endpoints, protocol
+from twisted.internet import defer, endpoints, protocol, task
 from twisted.internet import reactor as globalReactor
 from twisted.plugin import getPlugins
 from twisted.python import usage
@@ -294,6 +294,33 @@ class StreamTests(WebTestCase):
         self.dispatcher["TEMP"].set(33.0)
         yield eventually(lambda: ("value", "TEMP", "33.0") in [
             (e, d.get("keyword"), d.get("ascii")) for e, d in stream.events()])
+
+    @defer.inlineCallbacks
+    def test_dispatcherJoiningIsShown(self):
+        """Keywords of a dispatcher joining the service: a new snapshot, then their changes."""
+        from cauldron.dispatcher import DispatcherService
+
+        yield self.startWeb()
+        response, stream = yield self.openStream(b"/service/demo/events")
+        yield eventually(lambda: stream.events())
+        motors = DispatcherService("demo", self.cfg, [keywords.Double("POS", initial=1.5)],
+                                   reactor=globalReactor, heartbeatInterval=HEARTBEAT,
+                                   dispatcher="motors")
+        motors.startService()
+        self.addCleanup(lambda: motors.running and motors.stopService())
+        yield motors.whenReady()
+
+        def snapshots():
+            return [d for e, d in stream.events() if e == "snapshot"]
+
+        yield eventually(lambda: len(snapshots()) == 2, timeout=10)
+        names = {(k["name"], k["dispatcher"]) for k in snapshots()[1]["keywords"]}
+        self.assertIn(("POS", "motors"), names)
+        motors["POS"].set(2.5)
+        yield eventually(lambda: ("value", "POS", "2.5") in [
+            (e, d.get("keyword"), d.get("ascii")) for e, d in stream.events()])
+        yield task.deferLater(globalReactor, 2.5, lambda: None)  # a poll with nothing new
+        self.assertEqual(len(snapshots()), 2)
 
     @defer.inlineCallbacks
     def test_servicesStream(self):

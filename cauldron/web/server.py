@@ -532,7 +532,8 @@ class WebService(service.MultiService):
         d = self.client.service(name)
 
         def _got(remote):
-            watch = ServiceWatch(remote, self.reactor)
+            watch = ServiceWatch(remote, self.reactor, readOnly=self.readOnly,
+                                 archive=self.archive is not None)
             watch.addChangeCallback(self._livenessChanged)
             return watch.start().addCallback(lambda _: watch)
 

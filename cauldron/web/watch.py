@@ -122,22 +122,38 @@ class ServiceWatch:
     :param remote: the :class:`cauldron.client.RemoteService`.
     """
 
-    def __init__(self, remote, reactor, wallClock=time.time):
+    def __init__(self, remote, reactor, wallClock=time.time, readOnly=False, archive=False):
         self.remote = remote
         self.name = remote.name
         self._reactor = reactor
         self._wallClock = wallClock
+        self._readOnly, self._archive = readOnly, archive
         self.streams = StreamSet()
         self.values = {}
         self.recent = {}
         self._subscriptions = []
+        self._monitored = set()
         self._onChange = []
+        self._joining = None
         remote.addStateCallback(self._stateChanged)
 
     def start(self):
-        """Monitor every readable keyword; fires once each monitor is primed or failed."""
+        """Monitor every readable keyword; fires once each monitor is primed or failed.
+
+        Keywords that appear later (a dispatcher joining the service) are
+        monitored within :data:`POLL_INTERVAL`, and open pages redrawn.
+        """
+        self._joining = task.LoopingCall(self._joined)
+        self._joining.clock = self._reactor
+        self._joining.start(POLL_INTERVAL, now=False)
+        return self._monitorNew()
+
+    def _monitorNew(self):
         calls = []
         for keyword in self.remote:
+            if keyword.name in self._monitored:
+                continue
+            self._monitored.add(keyword.name)  # handled: monitored, or nothing to see
             if keyword.info.get("writeonly"):
                 continue
             d = keyword.monitor(self._changed)
@@ -146,12 +162,24 @@ class ServiceWatch:
             calls.append(d)
         return defer.DeferredList(calls)
 
+    def _joined(self):
+        """New keywords: monitored, then every open page gets a fresh snapshot."""
+        if set(self.remote.keywords()) <= self._monitored:
+            return
+        d = self._monitorNew()
+        d.addCallback(lambda _: self.streams.send(
+            "snapshot", self.snapshot(self._readOnly, self._archive)))
+        return d
+
     def _monitorFailed(self, failure, name):
+        self._monitored.discard(name)  # tried again at the next poll
         failure.trap(CauldronError)
         log.info("web: monitoring {service}.{kw} failed: {why}", service=self.name, kw=name,
                  why=failure.getErrorMessage())
 
     def stop(self):
+        if self._joining is not None and self._joining.running:
+            self._joining.stop()
         self.remote.removeStateCallback(self._stateChanged)
         for subscription in self._subscriptions:
             subscription.stop()
