@@ -515,3 +515,17 @@ def test_twistdAddressInUse(tmp_path):
             timeout=DEADLINE, stdin=subprocess.DEVNULL)
     assert result.returncode != 0, result.stdout
     assert "cauldron-web: cannot listen on 127.0.0.1:%d" % port in result.stdout + result.stderr
+
+
+def test_twistdBadOptionIsOneLine(tmp_path):
+    """A bad ``--listen`` is one line on stderr, nothing on stdout, exit 1."""
+    import subprocess
+
+    from tests.processes import DEADLINE, TWISTD, environment
+
+    result = subprocess.run(
+        [*TWISTD, "-n", "--pidfile=", "cauldron-web", "--listen", "nowhere"],
+        cwd=str(tmp_path), env=environment(), capture_output=True, text=True,
+        timeout=DEADLINE, stdin=subprocess.DEVNULL)
+    assert (result.returncode, result.stdout) == (1, ""), result
+    assert result.stderr.startswith("twistd cauldron-web: ") and result.stderr.count("\n") == 1
