@@ -71,6 +71,7 @@ from cauldron.protocol.messages import (
 )
 from cauldron.serving import (
     NO_REPLY,
+    Outcome,
     RateLimitedCounter,
     RateLimitedLog,
     answer,
@@ -219,8 +220,7 @@ class DispatcherService(service.Service):
         self._routerSocket = None
         self._publisher = None
         self._heartbeat = None
-        self._ready = None
-        self._readyWaiters = []
+        self._ready = Outcome()
         for keyword in keywords:
             self.addKeyword(keyword)
         if setup is not None:
@@ -298,12 +298,7 @@ class DispatcherService(service.Service):
     def whenReady(self):
         """A Deferred firing with ``(dispatchAddress, broadcastAddress)`` once
         serving, or failing with the reason the service could not start."""
-        d = defer.Deferred()
-        if self._ready is not None:
-            self._fireReady(d)
-        else:
-            self._readyWaiters.append(d)
-        return d
+        return self._ready.whenKnown()
 
     def whenFenced(self):
         """A Deferred firing with a :class:`~cauldron.errors.LeaseConflict` if
@@ -315,18 +310,6 @@ class DispatcherService(service.Service):
         self._fencedWaiters.append(d)
         return d
 
-    def _fireReady(self, d):
-        if isinstance(self._ready, Exception):
-            d.errback(self._ready)
-        else:
-            d.callback(self._ready)
-
-    def _setReady(self, result):
-        self._ready = result
-        waiters, self._readyWaiters = self._readyWaiters, []
-        for d in waiters:
-            self._fireReady(d)
-
     def startService(self):
         super().startService()
         # Every run is a new epoch: clients re-prime, and the router tells
@@ -336,7 +319,7 @@ class DispatcherService(service.Service):
         self.epoch = _newEpoch()
         self.state = STARTING
         self.fenced = None
-        self._ready = None
+        self._ready.reset()
         curve, problem = self._keys()
         self._transport = Transport(self.reactor, curve=curve)
         if problem is None:
@@ -462,7 +445,7 @@ class DispatcherService(service.Service):
             name=self.label, n=len(self._keywords),
             dispatch=addresses[0], broadcast=addresses[1],
         )
-        self._setReady(addresses)
+        self._ready.set(addresses)
 
     def _failedToStart(self, failure, run):
         if run != self._run:
@@ -471,7 +454,7 @@ class DispatcherService(service.Service):
         self.state = STOPPED  # it gave up: nothing about it may look alive
         log.error("dispatcher {name} could not start: {why}", name=self.label,
                   why=failure.getErrorMessage())
-        self._setReady(failure.value)
+        self._ready.set(failure.value)
         return None
 
     def stopService(self):
@@ -480,8 +463,8 @@ class DispatcherService(service.Service):
         if self._starting is not None:
             starting, self._starting = self._starting, None
             starting.cancel()
-        if self._ready is None:
-            self._setReady(ServiceUnavailable(f"dispatcher {self.label} stopped while starting"))
+        if not self._ready.known:
+            self._ready.set(ServiceUnavailable(f"dispatcher {self.label} stopped while starting"))
         self.state = STOPPED
         self._stopServing(ServiceUnavailable(
             f"dispatcher {self.label} stopped before this write started"))

@@ -1,14 +1,15 @@
-"""What the dispatcher and the router share when answering requests."""
+"""What the services share: answering requests, rate-limited logs, outcomes waited for."""
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
 
 from cauldron.errors import CauldronError, ProtocolError
 from cauldron.protocol import codec
 from cauldron.protocol.messages import Error
 
 __all__ = ["RateLimitedLog", "RateLimitedCounter", "errorReply", "answer", "answerMessage",
-           "NO_REPLY"]
+           "NO_REPLY", "Outcome"]
 
 log = Logger()
 
@@ -147,3 +148,44 @@ class RateLimitedCounter:
 
     def stop(self):
         self._log.stop()
+
+
+class Outcome:
+    """A result many wait for (a start's): each waiter gets a Deferred of its own.
+
+    ``set`` a value, or an exception or Failure to fail the waiters with;
+    ``reset`` forgets it (a restart) but keeps who waits.
+    """
+
+    _UNKNOWN = object()
+
+    def __init__(self):
+        self._result = self._UNKNOWN
+        self._waiters = []
+
+    @property
+    def known(self):
+        return self._result is not self._UNKNOWN
+
+    def whenKnown(self):
+        d = Deferred()
+        if self.known:
+            self._fire(d)
+        else:
+            self._waiters.append(d)
+        return d
+
+    def set(self, result):
+        self._result = result
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            self._fire(d)
+
+    def reset(self):
+        self._result = self._UNKNOWN
+
+    def _fire(self, d):
+        if isinstance(self._result, (Exception, Failure)):
+            d.errback(self._result)
+        else:
+            d.callback(self._result)

@@ -26,12 +26,11 @@ import time
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from cauldron import config as _config
 from cauldron.archive.store import ArchiveError, AsyncStore, Record, openStore
 from cauldron.errors import CauldronError, ConfigError
-from cauldron.serving import RateLimitedLog
+from cauldron.serving import Outcome, RateLimitedLog
 
 __all__ = ["ArchiverService", "matches"]
 
@@ -122,8 +121,7 @@ class ArchiverService(service.Service):
         self._epochs = {}  # (service, keyword) -> the run of the last value stored
         self._loops = []
         self._warnings = RateLimitedLog(reactor, burst=3)
-        self._ready = None
-        self._readyWaiters = []
+        self._ready = Outcome()
 
     # -- lifecycle
 
@@ -143,28 +141,12 @@ class ArchiverService(service.Service):
         d = self.store.start()
         d.addCallback(self._storeReady)
         d.addErrback(self._failedToStart)
-        d.addBoth(self._setReady)
+        d.addCallback(lambda _: self)
+        d.addBoth(self._ready.set)
 
     def whenReady(self):
         """Fires once archiving (the database open), or fails with why it could not start."""
-        d = defer.Deferred()
-        if self._ready is not None:
-            self._fireReady(d)
-        else:
-            self._readyWaiters.append(d)
-        return d
-
-    def _setReady(self, result):
-        self._ready = result if isinstance(result, Failure) else self
-        waiters, self._readyWaiters = self._readyWaiters, []
-        for d in waiters:
-            self._fireReady(d)
-
-    def _fireReady(self, d):
-        if isinstance(self._ready, Failure):
-            d.errback(self._ready)
-        else:
-            d.callback(self._ready)
+        return self._ready.whenKnown()
 
     def _storeReady(self, _):
         log.info("archiver storing into {db}", db=self.store.store.url)
