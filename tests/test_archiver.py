@@ -203,6 +203,28 @@ class ArchiverTests(ArchiverTestCase):
         self.assertTrue(any("answers again" in line for line in lines), lines)
 
     @defer.inlineCallbacks
+    def test_stopStoresWhatIsBuffered(self):
+        """A stop waits for the buffered records to be stored (the database being slow)."""
+        from twisted.internet import task
+
+        router, cfg = self.routerAndConfig()
+        demo = yield self.startService(cfg, "demo", keywords.Integer("POS", initial=0))
+        archiver = yield self.startArchiver(cfg)
+        yield eventually(lambda: self.values("demo", "POS") == ["0"])
+        insert = archiver.store.insert
+        archiver.store.insert = lambda records: task.deferLater(
+            globalReactor, 0.3, insert, records)  # a slow database
+        for n in range(1, 3001):
+            demo["POS"].set(n)
+        # Every change received, most of it still waiting for the slow database.
+        yield eventually(lambda: any(r.binary == 3000 for r in archiver._buffer), timeout=10)
+        yield archiver.stopService()
+        records = self.stored("demo", "POS")
+        values = [r for r in records if r.kind == "value"]
+        self.assertEqual(values[-1].ascii, "3000")
+        self.assertEqual(len(values) + sum(r.missed for r in records if r.kind == "gap"), 3001)
+
+    @defer.inlineCallbacks
     def test_retentionDeletesOldRecords(self):
         router, cfg = self.routerAndConfig()
         yield self.startService(cfg, "demo", keywords.Integer("POS", initial=0))
