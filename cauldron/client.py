@@ -433,21 +433,21 @@ class RemoteService:
         Each dict names its keyword's dispatcher (``"dispatcher"``).  Keywords
         of a dispatcher that does not answer make the whole call fail.
         """
-        keywords = [self[n] for n in (self.keywords() if names is None else names)]
-        keywords = list({kw.name: kw for kw in keywords}.values())  # each once
-        byDispatcher = {}
-        for keyword in keywords:
-            byDispatcher.setdefault(keyword.dispatcher, []).append(keyword.name)
         if names is None:
-            byDispatcher = {d: None for d in self._dispatchers.values()}
-        calls = [dispatcher.describe(wanted) for dispatcher, wanted in byDispatcher.items()]
-        d = defer.gatherResults(calls, consumeErrors=True)
+            wanted = {dispatcher: None for dispatcher in self._dispatchers.values()}
+            order = None  # every keyword described, by name
+        else:
+            order = list(dict.fromkeys(self[n].name for n in names))  # each once
+            wanted = {}
+            for name in order:
+                wanted.setdefault(self[name].dispatcher, []).append(name)
+        d = defer.gatherResults([dispatcher.describe(these) for dispatcher, these in
+                                 wanted.items()], consumeErrors=True)
         d.addErrback(lambda f: f.value.subFailure)
 
         def merged(parts):
             infos = {info["name"]: info for part in parts for info in part}
-            order = [k.name for k in keywords] if names is not None else sorted(infos)
-            return [infos[name] for name in order if name in infos]
+            return [infos[name] for name in (order or sorted(infos)) if name in infos]
 
         return d.addCallback(merged)
 

@@ -42,6 +42,7 @@ from cauldron.errors import (
     UnknownService,
     WriteOnly,
 )
+from cauldron.serving import Outcome
 from cauldron.web.streams import EventStream
 from cauldron.web.watch import ServicesWatch, ServiceWatch
 
@@ -92,6 +93,11 @@ def _json(request, status, body):
     request.setHeader(b"content-type", b"application/json; charset=utf-8")
     request.setHeader(b"cache-control", b"no-store")
     return json.dumps(body, allow_nan=False, default=str).encode("utf-8")
+
+
+def _tooManyStreams(request):
+    return _json(request, 503, {"error": "TooManyStreams",
+                                "message": "too many open event streams"})
 
 
 def _error(request, error):
@@ -224,8 +230,7 @@ class ServicesEvents(_Leaf):
     def render_GET(self, request):
         stream = self.web.openStream(request, self.web.servicesWatch.streams)
         if stream is None:
-            return _json(request, 503, {"error": "TooManyStreams",
-                                        "message": "too many open event streams"})
+            return _tooManyStreams(request)
         stream.send("services", self.web.servicesWatch.snapshot())
         return server.NOT_DONE_YET
 
@@ -275,8 +280,7 @@ class ServiceEvents(_Leaf):
 
     def render_GET(self, request):
         if not self.web.streamRoom():
-            return _json(request, 503, {"error": "TooManyStreams",
-                                        "message": "too many open event streams"})
+            return _tooManyStreams(request)
         d = self.web.watch(self.name)
 
         def _watched(watch):
@@ -284,8 +288,7 @@ class ServiceEvents(_Leaf):
                 return
             stream = self.web.openStream(request, watch.streams)
             if stream is None:
-                request.write(_json(request, 503, {"error": "TooManyStreams",
-                                                   "message": "too many open event streams"}))
+                request.write(_tooManyStreams(request))
                 request.finish()
                 return
             stream.send("snapshot", watch.snapshot(self.web.readOnly, self.web.archive is not None))
@@ -484,11 +487,10 @@ class WebService(service.MultiService):
         self.watches = {}
         self._watching = {}
         self._streamCount = 0
-        self._listening = None
+        self._port = None  # the listening port once bound
+        self._listened = Outcome()  # the port, or why there is none
         self._locatorTransport = None
         self._keepalive = None
-        self._listenFailure = None
-        self._listenWaiters = []
 
     # -- streams
 
@@ -585,39 +587,20 @@ class WebService(service.MultiService):
         self._keepalive.start(KEEPALIVE, now=False)
         endpointType = TCP6ServerEndpoint if ":" in self.host else TCP4ServerEndpoint
         endpoint = endpointType(self.reactor, self.port, interface=self.host)
-        d = self._listening = endpoint.listen(site)
+        self._listened.reset()
 
         def _listening(port):
-            self._listening = port
+            self._port = port
             self.port = port.getHost().port
             log.info("cauldron-web: serving http://{host}:{port}/", host=self.host,
                      port=self.port)
-            return port
+            self._listened.set(port)
 
-        def _failed(failure):
-            self._listening = None
-            self._listenFailure = failure
-            for waiter in self._listenWaiters:
-                waiter.errback(failure)
-            self._listenWaiters = []
-
-        def _bound(port):
-            for waiter in self._listenWaiters:
-                waiter.callback(port)
-            self._listenWaiters = []
-
-        d.addCallbacks(_listening, _failed)
-        d.addCallback(_bound)
+        endpoint.listen(site).addCallbacks(_listening, self._listened.set)
 
     def whenListening(self):
         """A Deferred firing with the listening port once bound (failing if it cannot be)."""
-        if self._listenFailure is not None:
-            return defer.fail(self._listenFailure)
-        if isinstance(self._listening, defer.Deferred):
-            d = defer.Deferred()
-            self._listenWaiters.append(d)
-            return d
-        return defer.succeed(self._listening)
+        return self._listened.whenKnown()
 
     @defer.inlineCallbacks
     def stopService(self):
@@ -628,9 +611,9 @@ class WebService(service.MultiService):
         for watch in list(self.watches.values()):
             watch.stop()
         self.watches.clear()
-        listening, self._listening = self._listening, None
-        if listening is not None and not isinstance(listening, defer.Deferred):
-            yield listening.stopListening()
+        port, self._port = self._port, None
+        if port is not None:
+            yield port.stopListening()
         if self._locatorTransport is not None:
             self._locatorTransport.shutdown()
             self._locatorTransport = None
