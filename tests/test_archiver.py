@@ -102,7 +102,8 @@ class ArchiverTests(ArchiverTestCase):
     def test_patternsAndServicesChooseWhatIsStored(self):
         router, cfg = self.routerAndConfig()
         yield self.startService(cfg, "one", keywords.Integer("TEMP1", initial=1),
-                                keywords.Integer("POS", initial=2))
+                                keywords.Integer("POS", initial=2),
+                                keywords.String("TEMPKEY", writeonly=True))
         yield self.startService(cfg, "two", keywords.Integer("TEMP2", initial=3))
         archiver = yield self.startArchiver(cfg, services=["one", "two"],
                                             keywords=["TEMP*", "two.*"])
