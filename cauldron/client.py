@@ -26,6 +26,7 @@ import os
 import socket
 import time
 from collections import deque, namedtuple
+from functools import partial
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -357,9 +358,9 @@ class RemoteService:
     def serverKey(self):
         return self.primary.serverKey
 
-    def request(self, makeMessage, what, timeout=None):
+    def request(self, makeMessage, what, timeout=None, convert=None):
         """Send a request to the primary dispatcher (see :meth:`RemoteDispatcher.request`)."""
-        return self.primary.request(makeMessage, what, timeout)
+        return self.primary.request(makeMessage, what, timeout, convert)
 
     def _scheduleDiscovery(self):
         """Ask the router, now and then, whether another dispatcher joined the service."""
@@ -631,7 +632,7 @@ class RemoteDispatcher:
 
     # -- requests
 
-    def request(self, makeMessage, what, timeout=None):
+    def request(self, makeMessage, what, timeout=None, convert=None):
         """Send a request to the dispatcher; a Deferred with the reply message.
 
         ``makeMessage(id, deadline, owner)`` builds the request: ``deadline``
@@ -640,59 +641,65 @@ class RemoteDispatcher:
         by a dispatcher that is not that owner sends the request again to
         the one the router names now, within the same deadline.  While the
         dispatcher is lost (silent for three heartbeats) requests fail at once.
+        With ``convert``, the Deferred fires with ``convert(reply)`` instead.
         """
         timeout = self._client.timeout if timeout is None else timeout
-        owner = self.owner
-        d = self._send(makeMessage, what, timeout, owner)
-        if self._client._locator is not None:
-            d.addErrback(self._notOwner, makeMessage, what, owner,
-                         self._reactor.seconds() + timeout)
-        return d
-
-    def _send(self, makeMessage, what, timeout, owner):
         if self._closed:
             return defer.fail(ServiceUnavailable(f"{self}: connection closed"))
         if self._lost:
             return defer.fail(ServiceUnavailable(
                 f"{self} at {self.dispatchAddress}: {what}: the dispatcher is not answering "
                 f"(silent for {LIVENESS} heartbeats)"))
+        owner = self.owner
         deadline = self._deadline(timeout)
+        onError = None
+        if self._client._locator is not None:
+            giveUpAt = self._reactor.seconds() + timeout
+            onError = partial(self._refused, makeMessage, what, convert, owner, giveUpAt)
         try:
             return self._channel.request(lambda i: makeMessage(i, deadline, owner),
-                                         f"{self.service.name}: {what}", timeout)
+                                         f"{self.service.name}: {what}", timeout,
+                                         convert, onError)
         except Exception:
             return defer.fail()
 
+    def _refused(self, makeMessage, what, convert, owner, giveUpAt, d, error):
+        """An error reply: a NotOwner one is sent again (see :meth:`_notOwner`)."""
+        if not isinstance(error, NotOwner):
+            return False
+        retried = self._notOwner(error, makeMessage, what, convert, owner, giveUpAt)
+        retried.addBoth(_handOn, d)
+        return True
+
     @defer.inlineCallbacks
-    def _notOwner(self, failure, makeMessage, what, refused, giveUpAt):
+    def _notOwner(self, error, makeMessage, what, convert, refused, giveUpAt):
         """The dispatcher that answered is not the router's owner: ask, then send again.
 
         The refused request never ran there, so sending it again is safe,
         writes included.  While the router still names the refused owner (a
         takeover being registered), ask again shortly, until the deadline.
         """
-        failure.trap(NotOwner)
         while self.owner == refused:
             if self._closed:
-                return failure
+                raise error
             try:
                 where = yield self._locate()
             except CauldronError:
-                return failure
+                raise error from None
             if where is None:
-                return failure
+                raise error
             if where.owner != refused or where[:2] != (self.dispatchAddress,
                                                        self.broadcastAddress):
                 self._moveTo(where)
                 break
             left = giveUpAt - self._reactor.seconds()
             if left <= RELOCATE_RETRY:
-                return failure
+                raise error
             yield task.deferLater(self._reactor, RELOCATE_RETRY, lambda: None)
         left = giveUpAt - self._reactor.seconds()
         if left <= 0:
-            return failure
-        result = yield self.request(makeMessage, what, left)
+            raise error
+        result = yield self.request(makeMessage, what, left, convert)
         return result
 
     def _locate(self):
@@ -924,6 +931,8 @@ class RemoteKeyword:
         self.dispatcher = dispatcher
         self.service = dispatcher.service
         self.name = info["name"]
+        self._readWhat = f"read {self.name}"
+        self._writeWhat = f"write {self.name}"
         self.latest = None
         self._subscriptions = []
         self._subscribed = False
@@ -974,23 +983,26 @@ class RemoteKeyword:
 
     def read(self, binary=False, both=False, timeout=None):
         """A Deferred with the current value: ascii, binary, or ``(binary, ascii)``."""
-        d = self._request(self._readMessage, "read", timeout)
-        d.addCallback(self._repliedSelect, binary, both)
-        return d
+        convert = self._repliedBoth if both else (
+            self._repliedBinary if binary else self._repliedAscii)
+        return self.dispatcher.request(self._readMessage, self._readWhat, timeout, convert)
 
     def _read(self, timeout=None):
-        d = self._request(self._readMessage, "read", timeout)
-        d.addCallback(self._replied)
-        return d
+        return self.dispatcher.request(self._readMessage, self._readWhat, timeout,
+                                       self._replied)
 
     def _readMessage(self, requestId, deadline, owner):
         return Read(requestId, self.name, self.service.name, deadline, owner)
 
-    def _request(self, makeMessage, verb, timeout):
-        return self.dispatcher.request(makeMessage, f"{verb} {self.name}", timeout)
+    def _repliedAscii(self, reply):
+        return self._replied(reply).ascii
 
-    def _repliedSelect(self, reply, binary, both):
-        return _select(self._replied(reply), binary, both)
+    def _repliedBinary(self, reply):
+        return self._replied(reply).binary
+
+    def _repliedBoth(self, reply):
+        value = self._replied(reply)
+        return (value.binary, value.ascii)
 
     def write(self, value, timeout=None):
         """Write ``value``; fires with the new ascii value once the dispatcher completed it.
@@ -1008,14 +1020,12 @@ class RemoteKeyword:
             checkValue(value)
         except ValueError:
             return defer.fail(BadValue(f"{self.name}: cannot send {value!r}"))
-        d = self._request(
+        origin = self.service._client.origin
+        return self.dispatcher.request(
             lambda i, deadline, owner: Write(i, self.name, value, self.service.name, deadline,
-                                             owner, self.service._client.origin),
-            "write", timeout,
+                                             owner, origin),
+            self._writeWhat, timeout, self._repliedAscii,
         )
-        d.addCallback(self._replied)
-        d.addCallback(lambda kv: kv.ascii)
-        return d
 
     def _replied(self, reply):
         value = KeywordValue(
@@ -1311,8 +1321,11 @@ class Subscription:
         return failure
 
 
-def _select(value, binary, both):
-    if both:
-        return (value.binary, value.ascii)
-    return value.binary if binary else value.ascii
+def _handOn(result, d):
+    """Fire ``d`` with ``result`` unless its caller gave up on it (cancelled) already."""
+    if not d.called:
+        if isinstance(result, Failure):
+            d.errback(result)
+        else:
+            d.callback(result)
 

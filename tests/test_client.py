@@ -460,6 +460,60 @@ class DeadlineTests(unittest.TestCase):
         self.assertIsNone(channel._timer)
 
     @defer.inlineCallbacks
+    def test_sequentialRequestsShareOneTimer(self):
+        """Requests made one after another keep one timer armed, gone once nothing is due."""
+        peer = FakePeer(self)
+        transport = Transport(globalReactor)
+        self.addCleanup(transport.shutdown)
+        channel = RequestChannel(transport, peer.address, "the fake peer", timeout=0.3)
+        self.addCleanup(channel.close)
+        timers = set()
+        for n in range(5):
+            d = channel.request(lambda i: Ping(i), "ping")
+            timers.add(channel._timer)
+            yield eventually(lambda n=n: len(peer.requests) == n + 1)
+            who, ping = peer.requests[-1]
+            peer.reply(who, Pong(ping.id, "fake", "e"))
+            yield d
+            self.assertEqual(channel.pending, 0)
+        self.assertEqual(len(timers), 1)
+        self.assertTrue(channel._timer.active())
+        yield eventually(lambda: channel._timer is None)  # fired with nothing due: not re-armed
+
+    @defer.inlineCallbacks
+    def test_convertAndErrorHook(self):
+        """``convert`` shapes what the Deferred fires with; ``onError`` may take an error over."""
+        peer = FakePeer(self)
+        transport = Transport(globalReactor)
+        self.addCleanup(transport.shutdown)
+        channel = RequestChannel(transport, peer.address, "the fake peer", timeout=5)
+        self.addCleanup(channel.close)
+        seen = []
+
+        def takeOver(d, error):
+            seen.append(error)
+            if isinstance(error, errors.NotOwner):
+                d.callback("handled")
+                return True
+            return False
+
+        shaped = channel.request(lambda i: Ping(i), "ping", convert=lambda pong: pong.service)
+        broken = channel.request(lambda i: Ping(i), "ping", convert=lambda pong: 1 / 0)
+        refused = channel.request(lambda i: Ping(i), "ping", onError=takeOver)
+        failed = channel.request(lambda i: Ping(i), "ping", onError=takeOver)
+        yield eventually(lambda: len(peer.requests) == 4)
+        (who, a), (_, b), (_, c), (_, e) = peer.requests
+        peer.reply(who, Pong(a.id, "fake", "e"))
+        peer.reply(who, Pong(b.id, "fake", "e"))
+        peer.reply(who, Error(c.id, "NotOwner", "not me"))
+        peer.reply(who, Error(e.id, "BadValue", "no"))
+        self.assertEqual((yield shaped), "fake")
+        yield self.assertFailure(broken, ZeroDivisionError)
+        self.assertEqual((yield refused), "handled")
+        yield self.assertFailure(failed, errors.BadValue)
+        self.assertEqual([type(error) for error in seen], [errors.NotOwner, errors.BadValue])
+
+    @defer.inlineCallbacks
     def test_answeredDeadlinesForgotten(self):
         """Deadlines of answered requests do not pile up while others stay in flight."""
         peer = FakePeer(self)

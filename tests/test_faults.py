@@ -32,7 +32,7 @@ from cauldron.client import ClientService, Subscription
 from cauldron.dispatcher import FENCED, SERVING, DispatcherService
 from cauldron.protocol import codec
 from cauldron.protocol.messages import Batch, Ping, Pong, Read, Value, Write
-from cauldron.requests import RequestChannel
+from cauldron.requests import BATCH_REQUESTS, RequestChannel
 from cauldron.serving import RateLimitedLog
 from cauldron.transport import Transport, portOf
 
@@ -521,6 +521,28 @@ class BatchedRequestTests(unittest.TestCase):
         self.assertIsInstance((yield first), Pong)
         values = yield defer.gatherResults(rest)
         self.assertEqual([v.binary for v in values], [7] * 5)
+
+    @defer.inlineCallbacks
+    def test_aLongTurnGoesInSeveralBatches(self):
+        """A turn's requests leave in Batches of BATCH_REQUESTS, so the peer starts on the first."""
+        peer = FakePeer(self)
+        channel = self.channel(peer)
+        first = channel.request(lambda i: Ping(i), "first")
+        count = 2 * BATCH_REQUESTS + 3
+        rest = [channel.request(lambda i: Read(i, "KW", "demo"), "read %d" % n)
+                for n in range(count)]
+        yield eventually(lambda: len(peer.requests) == 4)
+        batches = [message for _, message in peer.requests[1:]]
+        self.assertEqual([len(b.payloads) for b in batches],
+                         [BATCH_REQUESTS, BATCH_REQUESTS, 3])
+        reads = [codec.decodeBatched(p) for b in batches for p in b.payloads]
+        self.assertEqual(len({r.id for r in reads}), count)  # each request once, none lost
+        who = peer.requests[0][0]
+        peer.reply(who, Pong(peer.requests[0][1].id, "fake", "e"))
+        peer.reply(who, Batch([codec.encodePayload(Value(r.id, "KW", 7, "7", 1, None, "e"))
+                               for r in reads]))
+        yield first
+        self.assertEqual(len((yield defer.gatherResults(rest))), count)
 
     @defer.inlineCallbacks
     def test_requestsFailedBeforeTheBatchWentAreNeverSent(self):

@@ -490,6 +490,7 @@ class WebService(service.MultiService):
         self._port = None  # the listening port once bound
         self._listened = Outcome()  # the port, or why there is none
         self._locatorTransport = None
+        self._locator = None
         self._keepalive = None
 
     # -- streams
@@ -578,7 +579,7 @@ class WebService(service.MultiService):
         if self.config.get("zmq-router", "enable"):
             self._locatorTransport = Transport(self.reactor, curve=Curve.fromConfig(self.config),
                                                shared=True)
-            locator = Locator(self.config, self._locatorTransport)
+            locator = self._locator = Locator(self.config, self._locatorTransport)
         self.servicesWatch = ServicesWatch(locator or _NoRouter(self.config), self.reactor,
                                            self.watches)
         self.servicesWatch.start()
@@ -614,6 +615,9 @@ class WebService(service.MultiService):
         port, self._port = self._port, None
         if port is not None:
             yield port.stopListening()
+        if self._locator is not None:
+            self._locator.close()
+            self._locator = None
         if self._locatorTransport is not None:
             self._locatorTransport.shutdown()
             self._locatorTransport = None
