@@ -50,6 +50,7 @@ from cauldron.errors import (
     UnknownService,
     WriteOnly,
 )
+from cauldron.keywords import Basic
 from cauldron.protocol import codec
 from cauldron.protocol.messages import (
     Batch,
@@ -732,16 +733,16 @@ class DispatcherService(service.Service):
     def _mayRead(self, keyword, key):
         """Whether the client key named ``key`` may read, describe and monitor ``keyword``.
 
-        ``key`` may be a callable giving the name: it is called only if the
-        keyword names readers (asking libzmq for a peer's key costs a
-        failed call in plain mode).
+        ``key`` may be the requesting peer (a :class:`~cauldron.transport.Peer`):
+        its key's name is then asked for only if the keyword names readers
+        (asking libzmq for it costs a failed call in plain mode).
         """
         patterns = keyword.readers if keyword.readers is not None else self.readers
-        return patterns is None or _permitted(patterns, key() if callable(key) else key)
+        return patterns is None or _permitted(patterns, _keyName(key))
 
     def _mayWrite(self, keyword, key):
         patterns = keyword.writers if keyword.writers is not None else self.writers
-        return patterns is None or _permitted(patterns, key() if callable(key) else key)
+        return patterns is None or _permitted(patterns, _keyName(key))
 
     def _handleRead(self, request, peer):
         if self._late(request):
@@ -749,11 +750,12 @@ class DispatcherService(service.Service):
         keyword = self._keyword(request)
         if keyword.writeonly:
             raise WriteOnly(f"{self.name}.{keyword.name} is write-only")
-        if not self._mayRead(keyword, lambda: _keyName(peer)):
+        if not self._mayRead(keyword, peer):
             raise _denied(self.name, keyword, "read")
-        done = _runHooks(keyword, READ_PATH)
-        if isinstance(done, defer.Deferred):
-            return done.addCallback(lambda _: self._valueReply(request.id, keyword))
+        if not _plainRead(keyword):
+            done = _runHooks(keyword, READ_PATH)
+            if isinstance(done, defer.Deferred):
+                return done.addCallback(lambda _: self._valueReply(request.id, keyword))
         return self._valueReply(request.id, keyword)
 
     def _handleWrite(self, request, peer):
@@ -762,7 +764,7 @@ class DispatcherService(service.Service):
         keyword = self._keyword(request)
         if keyword.readonly:
             raise ReadOnly(f"{self.name}.{keyword.name} is read-only")
-        if not self._mayWrite(keyword, lambda: _keyName(peer)):
+        if not self._mayWrite(keyword, peer):
             raise _denied(self.name, keyword, "write")
         binary = keyword.toBinary(request.value)
         write = _QueuedWrite(request, peer, binary)
@@ -844,7 +846,7 @@ class DispatcherService(service.Service):
 
     def _described(self, keyword, peer):
         info = describeWithValue(keyword)
-        if not self._mayRead(keyword, lambda: _keyName(peer)):
+        if not self._mayRead(keyword, peer):
             info.update(binary=None, ascii="", initial=None)  # its metadata only
         return info
 
@@ -854,11 +856,11 @@ class DispatcherService(service.Service):
         before, after = write.before, keyword.ascii
         if keyword.writeonly:
             before = after = "(write-only: not recorded)"
-        who = getattr(peer, "userId", "") or getattr(peer, "address", "") or "a local client"
+        key, address = getattr(peer, "userId", ""), getattr(peer, "address", "")
         audit.info(
             "{service}.{keyword} written by {who} ({claimed}): {before} -> {after}",
-            service=self.name, keyword=keyword.name, who=who,
-            key=getattr(peer, "userId", "") or None, address=getattr(peer, "address", ""),
+            service=self.name, keyword=keyword.name, who=key or address or "a local client",
+            key=key or None, address=address,
             claimed=" ".join(f"{k}={v}" for k, v in origin.items()) or "no origin given",
             origin=origin, before=_shown(before), after=_shown(after), old=before, new=after,
         )
@@ -949,6 +951,17 @@ def _batches(entries):
         yield batch
 
 
+def _plainRead(keyword):
+    """Whether reading ``keyword`` runs only the default hooks, which change nothing.
+
+    Then its read path need not run at all: the hot path of a plain read.
+    """
+    cls, own = type(keyword), keyword.__dict__
+    return (cls.preread is Basic.preread and cls.read is Basic.read
+            and cls.postread is Basic.postread and "preread" not in own
+            and "read" not in own and "postread" not in own)
+
+
 def _runHooks(keyword, path, value=None, start=0):
     """Run the hooks of ``path`` in order, each at most once.
 
@@ -1003,7 +1016,9 @@ def _logHookFailure(failure, keyword, name):
 
 
 def _keyName(peer):
-    """The name of the peer's key (secure mode), else ""."""
+    """The name of the peer's key (secure mode), else ""; a name given is itself."""
+    if isinstance(peer, str):
+        return peer
     return getattr(peer, "userId", "")
 
 
@@ -1030,7 +1045,9 @@ def _origin(claimed):
     for field in _ORIGIN_FIELDS:
         value = claimed.get(field)
         if isinstance(value, (str, int)) and not isinstance(value, bool):
-            kept[field] = "".join(c for c in str(value)[:_ORIGIN_CHARS] if c.isprintable())
+            text = str(value)[:_ORIGIN_CHARS]
+            kept[field] = text if text.isprintable() else "".join(
+                c for c in text if c.isprintable())
     return kept
 
 

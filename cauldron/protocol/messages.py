@@ -66,6 +66,11 @@ def checkValue(value):
     raise ValueError(f"not a keyword value: {type(value).__name__}")
 
 
+#: what a keyword's binary value may be (as :func:`checkValue` says), checked by msgspec
+#: itself as it decodes: no Python call per value received
+KeywordBinary = str | int | float | bool | list[int | float] | None
+
+
 class _Message(msgspec.Struct, frozen=True, array_like=True, tag_field="op"):
     """Base: frozen, encoded as a compact array led by the message tag."""
 
@@ -141,14 +146,11 @@ class Value(_Message, tag="value"):
 
     id: int
     keyword: str
-    binary: Any
+    binary: KeywordBinary
     ascii: str
     sequence: int
     timestamp: float | None
     epoch: str
-
-    def __post_init__(self):
-        checkValue(self.binary)
 
 
 class Description(_Message, tag="description"):
@@ -248,11 +250,6 @@ class Update(_Message, tag="update"):
 
     def __post_init__(self):
         checkValue(self.binary)
-
-
-#: what a keyword's binary value may be (as :func:`checkValue` says), checked by msgspec
-#: itself as it decodes: no Python call per value of a batch
-KeywordBinary = str | int | float | bool | list[int | float] | None
 
 
 class UpdateEntry(msgspec.Struct, frozen=True, array_like=True):

@@ -34,6 +34,7 @@ passes.
 import itertools
 import os
 import struct
+from functools import cached_property
 
 import zmq
 from twisted.logger import Logger
@@ -448,14 +449,14 @@ class Peer(bytes):
         peer._frame = frame
         return peer
 
-    @property
+    @cached_property
     def address(self):
         address = self._property("Peer-Address")
         if address.startswith("localhost:"):
             return ""  # ipc: libzmq gives the peer's credentials, "localhost:UID:GID:PID"
         return address
 
-    @property
+    @cached_property
     def userId(self):
         return self._property("User-Id")
 
