@@ -975,6 +975,7 @@ def parent(args):
     delivery = {s: [] for s in SCENARIOS}  # cauldron's, where the scenario measures it
     scenarios = args.only or SCENARIOS
     idle = []
+    cpuBefore = cpuTicks()
     for roundNo in range(1, rounds + 1):
         order = ("cauldron", "raw") if roundNo % 2 else ("raw", "cauldron")
         for scenario in scenarios:
@@ -1029,6 +1030,29 @@ def parent(args):
             kept.append(f"{base}={secure / statistics.median(rates[base]['cauldron']):.3f}")
     if kept:
         print("curve-keeps " + " ".join(kept), flush=True)
+    stolen = stealShare(cpuBefore, cpuTicks())
+    if stolen is not None:
+        print(f"# steal {stolen:.1%}: the share of CPU time the hypervisor gave to others "
+              "during the run (above a few per cent, this is no quiet machine)", flush=True)
+
+
+def cpuTicks():
+    """The machine's CPU time counters (the ``cpu`` line of /proc/stat), or None."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return None
+    return [int(n) for n in fields[1:]] if fields and fields[0] == "cpu" else None
+
+
+def stealShare(before, after):
+    """Steal time over all CPU time between two :func:`cpuTicks` (None if unknown)."""
+    if before is None or after is None or len(before) < 8:
+        return None
+    spent = [b - a for a, b in zip(before, after, strict=True)]
+    total = sum(spent[:8])  # user nice system idle iowait irq softirq steal (guest is in user)
+    return spent[7] / total if total else None
 
 
 def idleLine(results):
