@@ -856,7 +856,10 @@ class DispatcherService(service.Service):
         before, after = write.before, keyword.ascii
         if keyword.writeonly:
             before = after = "(write-only: not recorded)"
-        key, address = getattr(peer, "userId", ""), getattr(peer, "address", "")
+        secure = self._transport is not None and self._transport.secure
+        # Only a secure peer has a key: asking libzmq in plain mode fails, slowly.
+        key = getattr(peer, "userId", "") if secure else ""
+        address = getattr(peer, "address", "")
         audit.info(
             "{service}.{keyword} written by {who} ({claimed}): {before} -> {after}",
             service=self.name, keyword=keyword.name, who=key or address or "a local client",
