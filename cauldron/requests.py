@@ -2,7 +2,8 @@
 
 Used by clients talking to dispatchers and to the router, and by dispatchers
 talking to the router.  Every request gets a fresh id and a fresh Deferred;
-it fires with the reply message, fails with the error the peer reported
+it fires with the reply message (or what the request's ``convert`` makes
+of it), fails with the error the peer reported
 (rebuilt as the matching :mod:`cauldron.errors` class), or fails with a
 timeout error when no reply arrives in time.  A reply arriving after that is
 dropped, never handed to a newer request.  A request too large for the wire

@@ -341,6 +341,42 @@ class RecoveryTests(RouterTestCase):
     """Dispatchers keep the address book alive whatever happens to one router."""
 
     @defer.inlineCallbacks
+    def test_refusedByAnotherRunSentAgainToTheOwner(self):
+        """A NotOwner reply: the client asks the router, sends again; the caller gets the value."""
+        router, cfg = self.routerAndConfig()
+        yield self.startDispatcher(cfg, "demo", value=4.5)
+        remote = yield self.startClient(cfg).service("demo")
+        primary = remote.primary
+        real = primary.owner
+        primary.owner = "a-run-long-gone"  # as if the dispatcher restarted since we asked
+        self.assertEqual((yield remote["TEMP"].read()), "4.5")
+        self.assertEqual(primary.owner, real)
+
+    @defer.inlineCallbacks
+    def test_cancelledWhileSentAgain(self):
+        """A read cancelled while its NotOwner resend is under way stays cancelled, quietly."""
+        router, cfg = self.routerAndConfig()
+        yield self.startDispatcher(cfg, "demo", value=4.5)
+        remote = yield self.startClient(cfg).service("demo")
+        primary = remote.primary
+        answers, held = [], defer.Deferred()
+        locate = primary._locate
+
+        def heldLocate():  # the router's answer waits until the read is cancelled
+            answers.append(locate())
+            return held
+
+        primary._locate = heldLocate
+        primary.owner = "a-run-long-gone"
+        read = remote["TEMP"].read()
+        yield eventually(lambda: answers)
+        read.cancel()
+        yield self.assertFailure(read, defer.CancelledError)
+        held.callback((yield answers[0]))  # the resend goes on, and must not fire `read` again
+        yield eventually(lambda: primary.owner != "a-run-long-gone")
+        self.assertEqual((yield remote["TEMP"].read()), "4.5")  # and nothing was left broken
+
+    @defer.inlineCallbacks
     def test_threadRouterReplacedWhenItsDispatcherStops(self):
         """When the dispatcher running the router in-thread stops, another starts one."""
         cfg = routedConfig(freePort(), **{"allow-spawn": "yes", "process": "thread"})
