@@ -378,6 +378,14 @@ class MonitorTests(unittest.TestCase):
 class DeadlineTests(unittest.TestCase):
     """Every call has a deadline; late replies are dropped."""
 
+    def fakePeerChannel(self, peer, timeout):
+        """A RequestChannel to ``peer`` (a FakePeer), closed after the test."""
+        transport = Transport(globalReactor)
+        self.addCleanup(transport.shutdown)
+        channel = RequestChannel(transport, peer.address, "the fake peer", timeout=timeout)
+        self.addCleanup(channel.close)
+        return channel
+
     @defer.inlineCallbacks
     def test_silentDispatcherTimesOut(self):
         """A dispatcher that never answers makes service() fail with CauldronTimeout in time."""
@@ -420,10 +428,7 @@ class DeadlineTests(unittest.TestCase):
     def test_lateReplyDropped(self):
         """A reply arriving after its request timed out is dropped, never given to a newer one."""
         peer = FakePeer(self)
-        transport = Transport(globalReactor)
-        self.addCleanup(transport.shutdown)
-        channel = RequestChannel(transport, peer.address, "the fake peer", timeout=5)
-        self.addCleanup(channel.close)
+        channel = self.fakePeerChannel(peer, 5)
         keep = channel.request(lambda i: Ping(i), "ping")  # keeps the socket open
         early = channel.request(lambda i: Read(i, "TEMP"), "read TEMP", timeout=0.1)
         error = yield self.assertFailure(early, errors.CauldronTimeout)
@@ -445,10 +450,7 @@ class DeadlineTests(unittest.TestCase):
     def test_deadlinesOutOfOrder(self):
         """A shorter deadline sent later expires first; no timer outlives the requests."""
         peer = FakePeer(self)
-        transport = Transport(globalReactor)
-        self.addCleanup(transport.shutdown)
-        channel = RequestChannel(transport, peer.address, "the fake peer", timeout=5)
-        self.addCleanup(channel.close)
+        channel = self.fakePeerChannel(peer, 5)
         order = []
         slow = channel.request(lambda i: Ping(i), "slow", timeout=0.4)
         fast = channel.request(lambda i: Ping(i), "fast", timeout=0.1)
@@ -463,10 +465,7 @@ class DeadlineTests(unittest.TestCase):
     def test_sequentialRequestsShareOneTimer(self):
         """Requests made one after another keep one timer armed, gone once nothing is due."""
         peer = FakePeer(self)
-        transport = Transport(globalReactor)
-        self.addCleanup(transport.shutdown)
-        channel = RequestChannel(transport, peer.address, "the fake peer", timeout=0.3)
-        self.addCleanup(channel.close)
+        channel = self.fakePeerChannel(peer, 0.3)
         timers = set()
         for n in range(5):
             d = channel.request(lambda i: Ping(i), "ping")
@@ -484,10 +483,7 @@ class DeadlineTests(unittest.TestCase):
     def test_convertAndErrorHook(self):
         """``convert`` shapes what the Deferred fires with; ``onError`` may take an error over."""
         peer = FakePeer(self)
-        transport = Transport(globalReactor)
-        self.addCleanup(transport.shutdown)
-        channel = RequestChannel(transport, peer.address, "the fake peer", timeout=5)
-        self.addCleanup(channel.close)
+        channel = self.fakePeerChannel(peer, 5)
         seen = []
 
         def takeOver(d, error):
@@ -517,10 +513,7 @@ class DeadlineTests(unittest.TestCase):
     def test_answeredDeadlinesForgotten(self):
         """Deadlines of answered requests do not pile up while others stay in flight."""
         peer = FakePeer(self)
-        transport = Transport(globalReactor)
-        self.addCleanup(transport.shutdown)
-        channel = RequestChannel(transport, peer.address, "the fake peer", timeout=5)
-        self.addCleanup(channel.close)
+        channel = self.fakePeerChannel(peer, 5)
         held = channel.request(lambda i: Ping(i), "held")  # never answered
         yield eventually(lambda: peer.requests)
         heldId = peer.requests[0][1].id
@@ -544,10 +537,7 @@ class DeadlineTests(unittest.TestCase):
     def test_malformedReplyCounted(self):
         """A reply that does not decode is counted and leaves the request pending."""
         peer = FakePeer(self)
-        transport = Transport(globalReactor)
-        self.addCleanup(transport.shutdown)
-        channel = RequestChannel(transport, peer.address, "the fake peer", timeout=5)
-        self.addCleanup(channel.close)
+        channel = self.fakePeerChannel(peer, 5)
         pending = channel.request(lambda i: Ping(i), "ping")
         yield eventually(lambda: peer.requests)
         who, ping = peer.requests[0]
@@ -560,10 +550,7 @@ class DeadlineTests(unittest.TestCase):
     def test_errorReplyIsTyped(self):
         """An Error reply naming a cauldron error class fails the request with that class."""
         peer = FakePeer(self)
-        transport = Transport(globalReactor)
-        self.addCleanup(transport.shutdown)
-        channel = RequestChannel(transport, peer.address, "the fake peer", timeout=5)
-        self.addCleanup(channel.close)
+        channel = self.fakePeerChannel(peer, 5)
         typed = channel.request(lambda i: Ping(i), "ping")
         hostile = channel.request(lambda i: Ping(i), "ping")
         yield eventually(lambda: len(peer.requests) == 2)

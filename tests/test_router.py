@@ -341,11 +341,17 @@ class RecoveryTests(RouterTestCase):
     """Dispatchers keep the address book alive whatever happens to one router."""
 
     @defer.inlineCallbacks
-    def test_refusedByAnotherRunSentAgainToTheOwner(self):
-        """A NotOwner reply: the client asks the router, sends again; the caller gets the value."""
+    def demoThroughRouter(self):
+        """The RemoteService of a ``demo`` dispatcher (TEMP = 4.5), found through a router."""
         router, cfg = self.routerAndConfig()
         yield self.startDispatcher(cfg, "demo", value=4.5)
         remote = yield self.startClient(cfg).service("demo")
+        return remote
+
+    @defer.inlineCallbacks
+    def test_refusedByAnotherRunSentAgainToTheOwner(self):
+        """A NotOwner reply: the client asks the router, sends again; the caller gets the value."""
+        remote = yield self.demoThroughRouter()
         primary = remote.primary
         real = primary.owner
         primary.owner = "a-run-long-gone"  # as if the dispatcher restarted since we asked
@@ -355,9 +361,7 @@ class RecoveryTests(RouterTestCase):
     @defer.inlineCallbacks
     def test_cancelledWhileSentAgain(self):
         """A read cancelled while its NotOwner resend is under way stays cancelled, quietly."""
-        router, cfg = self.routerAndConfig()
-        yield self.startDispatcher(cfg, "demo", value=4.5)
-        remote = yield self.startClient(cfg).service("demo")
+        remote = yield self.demoThroughRouter()
         primary = remote.primary
         answers, held = [], defer.Deferred()
         locate = primary._locate
