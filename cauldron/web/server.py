@@ -195,16 +195,24 @@ def _page(page, title, service="", readOnly=False):
                        readOnly="true" if readOnly else "false", crumb=crumb).encode("utf-8")
 
 
-class _Leaf(resource.Resource):
+class _WebResource(resource.Resource):
+    """A page of the web view ``web``; a service's pages know its name (lower case)."""
+
+    def __init__(self, web, name=None):
+        super().__init__()
+        self.web = web
+        self.name = None if name is None else name.lower()
+
+
+class _Leaf(_WebResource):
     isLeaf = True
 
 
-class RootResource(resource.Resource):
+class RootResource(_WebResource):
     """``/``: the services page; its children are the rest of the site."""
 
     def __init__(self, web):
-        super().__init__()
-        self.web = web
+        super().__init__(web)
         self.putChild(b"static", static.File(STATIC))
         self.putChild(b"events", ServicesEvents(web))
         self.putChild(b"service", ServicesResource(web))
@@ -223,10 +231,6 @@ class RootResource(resource.Resource):
 class ServicesEvents(_Leaf):
     """``/events``: the services list now, then again whenever it changes."""
 
-    def __init__(self, web):
-        super().__init__()
-        self.web = web
-
     def render_GET(self, request):
         stream = self.web.openStream(request, self.web.servicesWatch.streams)
         if stream is None:
@@ -235,12 +239,8 @@ class ServicesEvents(_Leaf):
         return server.NOT_DONE_YET
 
 
-class ServicesResource(resource.Resource):
+class ServicesResource(_WebResource):
     """``/service/NAME[/events|/write|/history]``."""
-
-    def __init__(self, web):
-        super().__init__()
-        self.web = web
 
     def getChild(self, name, request):
         try:
@@ -250,12 +250,7 @@ class ServicesResource(resource.Resource):
         return ServiceResource(self.web, name)
 
 
-class ServiceResource(resource.Resource):
-    def __init__(self, web, name):
-        super().__init__()
-        self.web = web
-        self.name = name.lower()
-
+class ServiceResource(_WebResource):
     def getChild(self, name, request):
         if name == b"":
             return self
@@ -272,11 +267,6 @@ class ServiceResource(resource.Resource):
 
 class ServiceEvents(_Leaf):
     """``/service/NAME/events``: a snapshot, then each value and liveness change."""
-
-    def __init__(self, web, name):
-        super().__init__()
-        self.web = web
-        self.name = name
 
     def render_GET(self, request):
         if not self.web.streamRoom():
@@ -312,11 +302,6 @@ class ServiceEvents(_Leaf):
 
 class WriteResource(_Leaf):
     """``POST /service/NAME/write``: ``{"keyword": K, "value": V}``."""
-
-    def __init__(self, web, name):
-        super().__init__()
-        self.web = web
-        self.name = name
 
     def render_POST(self, request):
         if self.web.readOnly:
@@ -370,11 +355,6 @@ class WriteResource(_Leaf):
 class HistoryResource(_Leaf):
     """``/service/NAME/history?keyword=K&since=1h[&until=T]``: archived values as JSON."""
 
-    def __init__(self, web, name):
-        super().__init__()
-        self.web = web
-        self.name = name
-
     def render_GET(self, request):
         if self.web.archive is None:
             return _json(request, 404, {"error": "NoArchive",
@@ -410,12 +390,8 @@ class HistoryResource(_Leaf):
         return server.NOT_DONE_YET
 
 
-class ApiResource(resource.Resource):
+class ApiResource(_WebResource):
     """``/api/services`` and ``/api/service/NAME``: snapshots as plain JSON."""
-
-    def __init__(self, web):
-        super().__init__()
-        self.web = web
 
     def getChild(self, name, request):
         if name == b"services":
@@ -426,20 +402,11 @@ class ApiResource(resource.Resource):
 
 
 class _ServicesJson(_Leaf):
-    def __init__(self, web):
-        super().__init__()
-        self.web = web
-
     def render_GET(self, request):
         return _json(request, 200, self.web.servicesWatch.snapshot())
 
 
 class _ServiceJson(_Leaf):
-    def __init__(self, web, name):
-        super().__init__()
-        self.web = web
-        self.name = name.lower()
-
     def render_GET(self, request):
         d = self.web.watch(self.name)
         d.addCallback(lambda watch: _json(request, 200, watch.snapshot(
