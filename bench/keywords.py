@@ -22,13 +22,14 @@ Scenarios:
   flight;
 * ``read-p99``: the 99th percentile of sequential read latency (µs), vs
   the raw REQ echo's; the ratio is raw ÷ cauldron;
-* ``fanout-20``: 20 monitors of COUNT (20 clients in one process) while
+* ``fanout-20``: 20 monitors of COUNT (20 clients in one process, each
+  with connections of its own, ``shareConnections=False``) while
   the dispatcher sets it 1..20,000 as fast as it can (``--batch`` per reactor
   turn, no pacing); value = updates per second per monitor (median), plus
   ``delivery=``, the smallest share of the 20,000 a monitor got (must be
   1.000).  Raw: one PUB, 20 SUB sockets (unlimited high-water marks).
-* ``clients-1000``: 1,000 more ``ClientService`` objects in one process,
-  each monitoring TICK (set by the dispatcher 10 times a second); printed
+* ``clients-1000``: 1,000 more ``ClientService`` objects in one process
+  (sharing one broadcast connection, as plain clients do), each monitoring TICK (set by the dispatcher 10 times a second); printed
   as ``clients-1000 threads=<n> kib-per-client=<n> p99=<ms> updates=<n>``:
   the process's threads, its memory growth per client, and the 99th
   percentile of the delay from the dispatcher's timestamp to a callback,
@@ -526,7 +527,9 @@ def fanoutClient(opts, cfg, svc, serverPid):
 
     perf = time.perf_counter
     total = opts.ops
-    clients = [ClientService(cfg, reactor=reactor, timeout=30) for _ in range(FANOUT)]
+    # Connections of their own: FANOUT subscribers, as raw has, not one feed shared.
+    clients = [ClientService(cfg, reactor=reactor, timeout=30, shareConnections=False)
+               for _ in range(FANOUT)]
     counts = [0] * FANOUT
     lasts = [None] * FANOUT
     done = defer.Deferred()

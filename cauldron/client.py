@@ -40,11 +40,11 @@ from cauldron.errors import (
     CauldronError,
     ConfigError,
     NotOwner,
-    ProtocolError,
     ServiceUnavailable,
     UnknownKeyword,
     UnknownService,
 )
+from cauldron.feeds import joinFeed
 from cauldron.protocol import codec
 from cauldron.protocol.messages import (
     Describe,
@@ -96,14 +96,18 @@ class ClientService(service.Service):
 
     :param config: a path, a loaded :class:`cauldron.config.Config` or None.
     :param timeout: default deadline of every request, in seconds.
+    :param shareConnections: hear each dispatcher's broadcasts on the
+        reactor's shared connection (see :mod:`cauldron.feeds`); False gives
+        this client connections of its own.  Secure clients never share.
     """
 
-    def __init__(self, config=None, reactor=None, timeout=5.0):
+    def __init__(self, config=None, reactor=None, timeout=5.0, shareConnections=True):
         if reactor is None:
             from twisted.internet import reactor
         self.config = _config.load(config)
         self.reactor = reactor
         self.timeout = timeout
+        self.shareConnections = shareConnections
         self._transport = None
         self._services = {}
         self._connecting = {}
@@ -515,9 +519,7 @@ class RemoteDispatcher:
         self._watchdog = None
         self._transport = remote._transport
         self._channel = self._newChannel()
-        self._subscriber = self._transport.subscriber(self._received, self.serverKey)
-        self._subscriber.connect(self.broadcastAddress)
-        self._subscriber.subscribe(codec.HEARTBEAT_TOPIC)
+        self._feed = self._joinFeed()
 
     def __str__(self):
         if self.name == self.service.name:
@@ -526,6 +528,10 @@ class RemoteDispatcher:
 
     def __repr__(self):
         return f"<RemoteDispatcher {self.service.name}/{self.name} at {self.dispatchAddress}>"
+
+    def _joinFeed(self):
+        return joinFeed(self, self._transport, self.broadcastAddress, self.serverKey,
+                        self._client.shareConnections)
 
     def _newChannel(self):
         return RequestChannel(
@@ -627,7 +633,7 @@ class RemoteDispatcher:
         if self._relocating is not None:
             self._relocating.cancel()
         self._channel.close()
-        self._transport.close(self._subscriber)
+        self._feed.leave(self)
         self.malformed.stop()
 
     # -- requests
@@ -737,12 +743,8 @@ class RemoteDispatcher:
 
     # -- liveness
 
-    def _received(self, frames):
-        try:
-            message = codec.decodeBroadcast(frames)
-        except ProtocolError as e:
-            self.malformed(str(e))
-            return
+    def broadcastReceived(self, message):
+        """A heartbeat, or an update of a keyword monitored here (from our feed)."""
         if message.service != self.service.name or message.epoch in self._staleEpochs:
             return
         self._noteEpoch(message.epoch)
@@ -839,7 +841,7 @@ class RemoteDispatcher:
         if self.connected and self._silent():
             # Heartbeats may wait unread because this process was busy: read
             # them before calling the dispatcher dead.
-            self._subscriber.doRead()
+            self._feed.read()
         if self.connected and self._silent():
             names = self.keywords()
             self._notices("{d} missed {n} heartbeats: disconnected ({k} keywords unavailable)",
@@ -888,13 +890,11 @@ class RemoteDispatcher:
         self._lost = False  # a new place: requests go there until it too falls silent
         self._channel.close(ServiceUnavailable(f"{self} moved"))
         self._channel = self._newChannel()
-        self._transport.close(self._subscriber)
-        self._subscriber = self._transport.subscriber(self._received, self.serverKey)
-        self._subscriber.connect(self.broadcastAddress)
-        self._subscriber.subscribe(codec.HEARTBEAT_TOPIC)
+        self._feed.leave(self)
+        self._feed = self._joinFeed()
         for keyword in self._keywordObjects():
             if keyword._subscribed:
-                self._subscriber.subscribe(codec.topicFor(keyword.name))
+                keyword._listen()
 
     def _setConnected(self, connected):
         self.connected = connected
@@ -957,14 +957,12 @@ class RemoteKeyword:
     def _redescribed(self, dispatcher, info):
         """New metadata, perhaps from another dispatcher now serving the keyword."""
         if dispatcher is not self.dispatcher:
-            topic = codec.topicFor(self.name)
-            if self._subscribed and not self.dispatcher._closed:
-                self.dispatcher._subscriber.unsubscribe(topic)
+            if self._subscribed:
+                self.dispatcher._feed.unsubscribe(codec.topicFor(self.name), self.dispatcher)
             self.dispatcher = dispatcher
             self.latest = None
             if self._subscribed:
-                self._active = False
-                dispatcher._subscriber.subscribe(topic)
+                self._listen()
         self._describedAs(info)
 
     def __repr__(self):
@@ -1028,11 +1026,15 @@ class RemoteKeyword:
         )
 
     def _replied(self, reply):
-        value = KeywordValue(
-            reply.keyword, reply.binary, reply.ascii, reply.sequence, reply.timestamp, reply.epoch
-        )
+        value = self._valueOf(reply)
         self._accept(value)
         return value
+
+    @staticmethod
+    def _valueOf(reply):
+        return KeywordValue(
+            reply.keyword, reply.binary, reply.ascii, reply.sequence, reply.timestamp, reply.epoch
+        )
 
     # -- ordering
 
@@ -1180,8 +1182,7 @@ class RemoteKeyword:
         self._subscriptions.append(subscription)
         if not self._subscribed:
             self._subscribed = True
-            self._active = False
-            self.dispatcher._subscriber.subscribe(codec.topicFor(self.name))
+            self._listen()
         if not prime:
             return defer.succeed(subscription)
         d = self._read() if self._active else self._whenActive()
@@ -1195,8 +1196,27 @@ class RemoteKeyword:
             self._subscribed = False
             self._active = False
             self._cancelActivation()
-            if not self.service._closed:
-                self.dispatcher._subscriber.unsubscribe(codec.topicFor(self.name))
+            self.dispatcher._feed.unsubscribe(codec.topicFor(self.name), self.dispatcher)
+
+    def _listen(self):
+        """Subscribe to the keyword's broadcasts: active once the first arrives.
+
+        The dispatcher answers a new subscription with the current value.  On
+        a shared feed that hears the keyword already, no answer comes: a read
+        takes its place.
+        """
+        self._active = False
+        if self.dispatcher._feed.subscribe(codec.topicFor(self.name), self.dispatcher):
+            d = self.dispatcher.request(self._readMessage, self._readWhat, None, self._welcomed)
+            d.addErrback(lambda f: self.service._notices(
+                "reading {kw} for its new monitor failed: {why}", level=LogLevel.info,
+                kw=self, why=f.getErrorMessage()))
+
+    def _welcomed(self, reply):
+        """The current value, read in place of the answer to a subscription."""
+        self._accept(self._valueOf(reply), welcome=True)
+        if self._subscribed and not self._active:
+            self._activated()
 
     def waitFor(self, predicate, timeout):
         """Fires True once ``predicate(KeywordValue)`` holds, False after ``timeout`` s.

@@ -574,7 +574,7 @@ class DeadlineTests(unittest.TestCase):
         yield client.stopService()
         yield self.assertFailure(pending, defer.CancelledError)
         self.assertEqual(remote.primary._channel.pending, 0)
-        self.assertTrue(remote.primary._subscriber.closed)
+        self.assertTrue(remote.primary._feed.closed)
         self.assertIsNone(remote.primary._channel._dealer)
         self.assertIsNone(client._transport)
         self.assertFalse(any(r in readers for r in globalReactor.getReaders()
@@ -711,7 +711,7 @@ class LivenessTests(unittest.TestCase):
         yield eventually(lambda: primary._watchdog.getTime() - primary._lastHeard <= limit)
         for nonsense in (float("nan"), float("inf"), 0.0, -1.0):
             beat = Heartbeat("demo", remote.epoch, 0.0, nonsense, {})
-            remote.primary._received(codec.encodeBroadcast(beat))
+            remote.primary.broadcastReceived(beat)
             self.assertEqual(remote.heartbeatInterval, HEARTBEAT)
             self.assertLessEqual(primary._watchdog.getTime() - primary._lastHeard, limit)
         self.assertTrue(remote.connected)

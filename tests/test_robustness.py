@@ -104,7 +104,7 @@ class HeartbeatGapTests(unittest.TestCase):
 
     def beat(self, count):
         beat = Heartbeat(self.remote.name, self.remote.epoch, 0.0, QUIET_HEARTBEAT, {}, count)
-        self.remote.primary._received(codec.encodeBroadcast(beat))
+        self.remote.primary.broadcastReceived(beat)
 
     @defer.inlineCallbacks
     def test_missedHeartbeatRereads(self):
