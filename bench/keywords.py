@@ -29,7 +29,8 @@ Scenarios:
   ``delivery=``, the smallest share of the 20,000 a monitor got (must be
   1.000).  Raw: one PUB, 20 SUB sockets (unlimited high-water marks).
 * ``clients-1000``: 1,000 more ``ClientService`` objects in one process
-  (sharing one broadcast connection, as plain clients do), each monitoring TICK (set by the dispatcher 10 times a second); printed
+  (sharing one broadcast connection, as plain clients do), each
+  monitoring TICK (set by the dispatcher 10 times a second); printed
   as ``clients-1000 threads=<n> kib-per-client=<n> p99=<ms> updates=<n>``:
   the process's threads, its memory growth per client, and the 99th
   percentile of the delay from the dispatcher's timestamp to a callback,
