@@ -215,7 +215,8 @@ class DispatcherService(service.Service):
         self._beats = 0
         self._changed = {}
         self._outbox = {}  # keyword name -> [UpdateEntry] made this reactor turn
-        self._flushing = None  # the DelayedCall broadcasting them
+        self._audits = []  # the audit records of the writes accepted this turn
+        self._flushing = None  # the DelayedCall broadcasting and logging them
         self._transport = None
         self._router = None
         self._routerSocket = None
@@ -500,6 +501,7 @@ class DispatcherService(service.Service):
             self._flush()
         else:
             self._takeOutbox()  # dropped: a fenced dispatcher broadcasts nothing more
+            self._logAudits()  # but the writes it accepted are on record
         for loop in self._periods.values():
             if loop.running:
                 loop.stop()
@@ -569,13 +571,18 @@ class DispatcherService(service.Service):
             return
         entry = UpdateEntry(keyword.value, keyword.ascii, keyword.sequence, keyword.timestamp)
         self._outbox.setdefault(keyword.name, []).append(entry)
+        self._flushSoon()
+
+    def _flushSoon(self):
+        """Broadcast and log at the end of this reactor turn, after its replies went out."""
         if self._flushing is None:
             self._flushing = self.reactor.callLater(0, self._flush)
 
     def _flush(self):
-        """Broadcast every change still waiting, keyword by keyword, in order."""
+        """Broadcast every change still waiting, keyword by keyword, in order; log the writes."""
         for name, entries in self._takeOutbox().items():
             self._sendEntries(name, entries)
+        self._logAudits()
 
     def _takeOutbox(self):
         """The changes waiting to be broadcast, which no longer wait (no timer left)."""
@@ -777,6 +784,7 @@ class DispatcherService(service.Service):
                 return self._valueReply(request.id, keyword)
             # A slow write: later writes to this keyword wait for it, in order.
             self._notifyStarted(write)
+            write.finished = defer.Deferred()
             queue = self._writeQueues[keyword.name] = deque([write])
             done.addBoth(self._writeFinished, keyword, queue)
         elif len(queue) > MAX_QUEUED_WRITES:
@@ -785,6 +793,7 @@ class DispatcherService(service.Service):
                 "for a slow write to finish"
             )
         else:
+            write.finished = defer.Deferred()
             queue.append(write)
         return write.finished.addCallback(lambda _: self._valueReply(request.id, keyword))
 
@@ -851,9 +860,23 @@ class DispatcherService(service.Service):
         return info
 
     def _audit(self, write, keyword):
-        """Record an accepted write: who (key name, address, what the client says), what."""
+        """Record an accepted write, logged at the end of the turn (after its reply)."""
+        after = keyword.ascii if not keyword.writeonly else None
+        if self._publisher is None:  # stopped (a slow write finished late): no turn to end
+            self._logAudit(write, keyword, after)
+            return
+        self._audits.append((write, keyword, after))
+        self._flushSoon()
+
+    def _logAudits(self):
+        audits, self._audits = self._audits, []
+        for write, keyword, after in audits:
+            self._logAudit(write, keyword, after)
+
+    def _logAudit(self, write, keyword, after):
+        """Log an accepted write: who (key name, address, what the client says), what."""
         peer, origin = write.peer, _origin(write.request.origin)
-        before, after = write.before, keyword.ascii
+        before = write.before
         if keyword.writeonly:
             before = after = "(write-only: not recorded)"
         secure = self._transport is not None and self._transport.secure
@@ -1067,7 +1090,7 @@ class _QueuedWrite:
         self.request = request
         self.peer = peer
         self.binary = binary
-        self.finished = defer.Deferred()
+        self.finished = None  # a Deferred, once it waits (a write done at once needs none)
         self.before = None  # the ascii value when its hooks started
 
 

@@ -492,6 +492,38 @@ class AuditTests(unittest.TestCase):
         self.assertIn("demo.POS written by 127.0.0.1 (host=", formatEvent(pos))
         self.assertNotIn("hunter2", formatEvent(code) + repr(code))
 
+    @defer.inlineCallbacks
+    def test_writesOfTheTurnAFenceCameStayOnRecord(self):
+        """A fence drops the turn's waiting broadcasts, not the record of its accepted writes.
+
+        Audit lines are logged at the end of the turn, after the replies;
+        here a call the write's hook made fences the dispatcher just before.
+        """
+        def fenceSoon(value):
+            globalReactor.callLater(0, dispatcher.fence,
+                                    errors.LeaseConflict("taken", detail={"host": "elsewhere"}))
+
+        dispatcher, client, remote = yield startPair(
+            self, [keywords.Integer("POS", initial=3, write=fenceSoon)])
+        with capturedLogs() as events:
+            yield remote["POS"].write(4)
+            yield eventually(lambda: dispatcher.state == "fenced")
+        audits = [(e["keyword"], e["old"], e["new"]) for e in events
+                  if e.get("log_namespace") == "cauldron.audit"]
+        self.assertEqual(audits, [("POS", "3", "4")])
+
+    @defer.inlineCallbacks
+    def test_turnOfWritesLoggedInOrder(self):
+        """Pipelined writes answered in one turn are each logged, in order, with their values."""
+        dispatcher, client, remote = yield startPair(self, [keywords.Integer("POS", initial=0)])
+        with capturedLogs() as events:
+            yield defer.gatherResults([remote["POS"].write(n) for n in range(1, 6)])
+            yield eventually(lambda: sum(e.get("log_namespace") == "cauldron.audit"
+                                         for e in events) == 5)
+        audits = [(e["old"], e["new"]) for e in events
+                  if e.get("log_namespace") == "cauldron.audit"]
+        self.assertEqual(audits, [(str(n - 1), str(n)) for n in range(1, 6)])
+
 
 class BatchedRequestTests(unittest.TestCase):
     """Requests made while others are in flight go as one Batch, and never after a failure."""
