@@ -136,6 +136,8 @@ class BroadcastFeed:
         if listeners is not self._listeners:
             self._live.add(topic)
         for listener in list(listeners):
+            if listener not in listeners:
+                continue  # it left while an earlier listener took this broadcast
             try:
                 listener.broadcastReceived(message)
             except Exception:

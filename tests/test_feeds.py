@@ -204,6 +204,12 @@ class FeedRoutingTests(unittest.TestCase):
         self.assertEqual(self.second.heard, [beat])
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
+    def test_listenerLeavingMidwayHearsNoMore(self):
+        """A listener that leaves while an earlier one takes a broadcast does not get it."""
+        self.first.broadcastReceived = lambda message: self.feed.leave(self.second)
+        self.feed._received(codec.encodeBroadcast(Heartbeat("demo", "e1", 0.0, 1.0, {})))
+        self.assertEqual(self.second.heard, [])
+
     def test_lastListenerClosesTheSocket(self):
         self.feed.subscribe(COUNT_TOPIC, self.first)
         self.feed.leave(self.first)
