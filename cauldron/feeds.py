@@ -5,8 +5,10 @@ shares one :class:`BroadcastFeed`: one connection, one copy of each
 broadcast on the wire, decoded once and handed to each listener.  A
 thousand clients monitoring one keyword then hold one subscriber
 connection, not a thousand (``bench/keywords.py --only clients-1000``:
-about 55 KiB per idle client instead of 124).  Secure clients, and clients
-made with ``shareConnections=False``, have feeds of their own.
+about 55 KiB per idle client instead of 124).  Secure clients have feeds
+of their own: a client's key decides what the dispatcher lets it hear, so
+one client must never hear through another's connection.  So do clients
+made with ``shareConnections=False``.
 
 A listener (a dispatcher as one client sees it) hears every heartbeat and
 the updates of the topics it subscribed to.  Subscriptions are counted: the
