@@ -201,11 +201,10 @@ class _Shown:
 
 
 def _bounded(number, low, high, shown=None):
-    shown = _Shown(number) if shown is None else shown
     if low is not None and number < low:
-        raise _Reject(f"{shown!r} is below the minimum {low!r}")
+        raise _Reject(f"{shown or _Shown(number)!r} is below the minimum {low!r}")
     if high is not None and number > high:
-        raise _Reject(f"{shown!r} is above the maximum {high!r}")
+        raise _Reject(f"{shown or _Shown(number)!r} is above the maximum {high!r}")
     return number
 
 
@@ -444,7 +443,10 @@ class Basic:
         """
         if value is None:
             return ""
-        binary = self.toBinary(value)
+        return self._formatted(self.toBinary(value))
+
+    def _formatted(self, binary):
+        """The ascii form of a binary value already validated."""
         if self.format is not None:
             return self.format % binary
         return self._ascii(binary)
@@ -453,11 +455,12 @@ class Basic:
     def ascii(self):
         """The current value as text (``""`` when there is none).
 
-        Cached per value: formatting on every read and broadcast is wasted work.
+        Cached per value: formatting on every read and broadcast is wasted
+        work, and the stored value was validated when it was set.
         """
         value = self.value
         if self._asciiOf is not value or self._asciiText is None:
-            self._asciiText = self.toAscii(value)
+            self._asciiText = "" if value is None else self._formatted(value)
             self._asciiOf = value
         return self._asciiText
 
@@ -879,11 +882,8 @@ class _Array(Basic):
                 raise _Reject(f"element {index}: {e}") from None
         return result
 
-    def toAscii(self, value):
+    def _formatted(self, binary):
         """Elements joined by one space (``format`` applies to each element)."""
-        if value is None:
-            return ""
-        binary = self.toBinary(value)
         if self.format is not None:
             return " ".join(self.format % item for item in binary)
         return " ".join(self._scalar._ascii(self, item) for item in binary)
