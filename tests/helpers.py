@@ -71,11 +71,11 @@ def clientConfigFor(dispatchAddress, broadcastAddress):
     return directConfig(portOf(dispatchAddress), portOf(broadcastAddress))
 
 
-def startClient(testCase, dispatchAddress, broadcastAddress, timeout=2.0):
+def startClient(testCase, dispatchAddress, broadcastAddress, timeout=2.0, **kwargs):
     """A running ClientService aimed at the given addresses (stopped at cleanup)."""
     client = ClientService(
         clientConfigFor(dispatchAddress, broadcastAddress), reactor=globalReactor,
-        timeout=timeout,
+        timeout=timeout, **kwargs,
     )
     client.startService()
     testCase.addCleanup(client.stopService)

@@ -1,12 +1,11 @@
 """Tests for cauldron.feeds: the clients of a reactor share one subscriber per dispatcher."""
 
-from helpers import clientConfigFor, eventually, startClient, startDispatcher
+from helpers import eventually, startClient, startDispatcher
 from twisted.internet import defer
 from twisted.internet import reactor as globalReactor
 from twisted.trial import unittest
 
 from cauldron import feeds, keywords
-from cauldron.client import ClientService
 from cauldron.feeds import BroadcastFeed
 from cauldron.protocol import codec
 from cauldron.protocol.messages import Heartbeat
@@ -31,15 +30,8 @@ class SharedFeedTests(unittest.TestCase):
     @defer.inlineCallbacks
     def remote(self, timeout=2.0, **kwargs):
         """The demo service as seen by a new client (stopped at cleanup)."""
-        if kwargs:
-            client = ClientService(clientConfigFor(self.dispatcher.dispatchAddress,
-                                                   self.dispatcher.broadcastAddress),
-                                   reactor=globalReactor, timeout=timeout, **kwargs)
-            client.startService()
-            self.addCleanup(client.stopService)
-        else:
-            client = startClient(self, self.dispatcher.dispatchAddress,
-                                 self.dispatcher.broadcastAddress, timeout=timeout)
+        client = startClient(self, self.dispatcher.dispatchAddress,
+                             self.dispatcher.broadcastAddress, timeout=timeout, **kwargs)
         remote = yield client.service("demo")
         return client, remote
 
