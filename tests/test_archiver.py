@@ -10,13 +10,14 @@ import os
 import shutil
 import tempfile
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet import reactor as globalReactor
 from twisted.logger import capturedLogs, formatEvent
 
 from cauldron import keywords
 from cauldron.archive import history, valueAt
 from cauldron.archive.archiver import ArchiverService, matches
+from cauldron.archive.store import ArchiveError
 from cauldron.client import KeywordValue
 from cauldron.errors import ConfigError
 from tests.helpers import directConfig, eventually
@@ -179,8 +180,6 @@ class ArchiverTests(ArchiverTestCase):
         refusing = []
 
         def down(records):
-            from cauldron.archive.store import ArchiveError
-
             refusing.append(len(records))
             return defer.fail(ArchiveError("the database is down (test)"))
 
@@ -206,8 +205,6 @@ class ArchiverTests(ArchiverTestCase):
     @defer.inlineCallbacks
     def test_stopStoresWhatIsBuffered(self):
         """A stop waits for the buffered records to be stored (the database being slow)."""
-        from twisted.internet import task
-
         router, cfg = self.routerAndConfig()
         demo = yield self.startService(cfg, "demo", keywords.Integer("POS", initial=0))
         archiver = yield self.startArchiver(cfg)

@@ -9,7 +9,7 @@ from cauldron import feeds, keywords
 from cauldron.feeds import BroadcastFeed
 from cauldron.protocol import codec
 from cauldron.protocol.messages import Heartbeat
-from cauldron.transport import Transport, bindAddress
+from cauldron.transport import Transport, bindAddress, portOf
 
 COUNT_TOPIC = codec.topicFor("COUNT")
 
@@ -145,6 +145,28 @@ class SharedFeedTests(unittest.TestCase):
         yield secondClient.stopService()
         self.assertTrue(feed.closed)
         self.assertNotIn(globalReactor, feeds._pools)
+
+    @defer.inlineCallbacks
+    def test_restartReachesEveryClientOfTheFeed(self):
+        """A dispatcher back on its ports after a stop: every client of the feed re-primes."""
+        dispatchPort = portOf(self.dispatcher.dispatchAddress)
+        broadcastPort = portOf(self.dispatcher.broadcastAddress)
+        remotes, seens = [], []
+        for _ in range(2):
+            _, remote = yield self.remote()
+            _, seen = yield self.monitor(remote)
+            remotes.append(remote)
+            seens.append(seen)
+        yield self.dispatcher.stopService()
+        yield eventually(lambda: not any(remote.connected for remote in remotes))
+        second = yield startDispatcher(
+            self, [keywords.Integer("COUNT", initial=42), keywords.Integer("OTHER", initial=1)],
+            heartbeatInterval=0.2, dispatchPort=dispatchPort, broadcastPort=broadcastPort)
+        yield eventually(lambda: all(seen[-1:] == [42] for seen in seens))
+        second["COUNT"].set(43)
+        yield eventually(lambda: all(seen[-1:] == [43] for seen in seens))
+        self.assertTrue(all(remote.connected for remote in remotes))
+        self.assertEqual(sharedSockets(), 1)
 
     @defer.inlineCallbacks
     def test_privateConnections(self):
