@@ -119,7 +119,7 @@ class BroadcastFeed:
 
     def read(self):
         """Read what the socket holds now (before calling a dispatcher silent)."""
-        self._socket.doRead()
+        self._socket.readWaiting()
 
     def _received(self, frames):
         topic = frames[0] if frames else None

@@ -182,7 +182,7 @@ class _Factory(ZmqFactory):
             if connection.socket is None or getattr(connection, "closed", False):
                 continue  # shut down by a socket read before it in this same poll
             try:
-                connection.doRead()
+                connection.readWaiting()
             except Exception:
                 log.failure("safety poll of {conn!r} failed", conn=connection)
 

@@ -34,7 +34,6 @@ passes.
 import itertools
 import os
 import struct
-from functools import cached_property
 
 import zmq
 from twisted.logger import Logger
@@ -286,38 +285,62 @@ class _Connection(ZmqConnection):
         finally:
             self._reading = False
 
+    def readWaiting(self):
+        """Read what libzmq holds now, if anything (a poll that may find nothing)."""
+        if not self.closed and self.socket.getsockopt(_EVENTS) & _POLLIN:
+            self.doRead()
+
     def _readBatch(self):
+        # The reactor calls doRead when ZMQ_FD signals news from libzmq, and a
+        # receive that finds no message takes that news in itself: no
+        # ZMQ_EVENTS is asked first.  ZMQ_FD is edge-triggered: asking
+        # ZMQ_EVENTS after each message re-arms it and tells whether more
+        # wait (far cheaper than the EAGAIN exception of an empty receive).
+        socket = self.socket
         for _ in range(READ_BATCH):
             if self.closed:
                 return
-            socket = self.socket
             try:
-                # Asking first is far cheaper than the EAGAIN exception of
-                # an empty socket, and re-arms the edge-triggered ZMQ_FD.
-                if not socket.getsockopt(_EVENTS) & _POLLIN:
-                    return
-                frames = [self._receiveFirst(socket)]
-                while socket.getsockopt(_RCVMORE):
-                    frames.append(socket.recv(_RECV))
-                    if len(frames) > self.maxFrames:
-                        frames = self._discardRest(socket)
-                        break
+                frames = self._receiveMessage(socket)
             except zmq.Again:
-                return
+                return  # the news was not a message
             except zmq.ZMQError as e:
                 log.error("receive failed on {conn!r}: {error}", conn=self, error=e)
                 return
             self._deliver(frames)
+            if self.closed:
+                return
+            try:
+                if not socket.getsockopt(_EVENTS) & _POLLIN:
+                    return
+            except zmq.ZMQError as e:
+                log.error("receive failed on {conn!r}: {error}", conn=self, error=e)
+                return
         self._scheduleRead()
 
-    def _receiveFirst(self, socket):
+    def _receiveMessage(self, socket):
+        """The frames of the next message; None if it had too many (dropped).
+
+        Frames are received as zmq Frames: asking a Frame whether more
+        follow costs far less than asking the socket (ZMQ_RCVMORE).
+        """
+        frame = socket.recv(_RECV, copy=False)
+        frames = [self._first(frame)]
+        while frame.more:
+            if len(frames) == self.maxFrames:
+                return self._discardRest(socket)
+            frame = socket.recv(_RECV, copy=False)
+            frames.append(frame.bytes)
+        return frames
+
+    def _first(self, frame):
         """The first frame of a message (a ROUTER keeps its source with it)."""
-        return socket.recv(_RECV)
+        return frame.bytes
 
     def _discardRest(self, socket):
         """Drop the rest of a message with too many frames (ours have at most four)."""
-        while socket.getsockopt(_RCVMORE):
-            socket.recv(_RECV)
+        while socket.recv(_RECV, copy=False).more:
+            pass
         self.malformed += 1
         return None
 
@@ -447,18 +470,24 @@ class Peer(bytes):
     def __new__(cls, frame):
         peer = super().__new__(cls, frame.bytes)
         peer._frame = frame
+        # Asked at most once each (functools.cached_property takes a lock
+        # on every first use, which is every use: a Peer lives one message).
+        peer._address = peer._userId = None
         return peer
 
-    @cached_property
+    @property
     def address(self):
-        address = self._property("Peer-Address")
-        if address.startswith("localhost:"):
-            return ""  # ipc: libzmq gives the peer's credentials, "localhost:UID:GID:PID"
-        return address
+        if self._address is None:
+            address = self._property("Peer-Address")
+            # ipc: libzmq gives the peer's credentials, "localhost:UID:GID:PID"
+            self._address = "" if address.startswith("localhost:") else address
+        return self._address
 
-    @cached_property
+    @property
     def userId(self):
-        return self._property("User-Id")
+        if self._userId is None:
+            self._userId = self._property("User-Id")
+        return self._userId
 
     def _property(self, name):
         try:
@@ -508,8 +537,8 @@ class RouterConnection(_Connection):
         self._closeMonitor()
         super().shutdown()
 
-    def _receiveFirst(self, socket):
-        return Peer(socket.recv(_RECV, copy=False))
+    def _first(self, frame):
+        return Peer(frame)
 
     def _deliver(self, frames):
         if frames is None:
