@@ -10,6 +10,7 @@ import zmq
 from helpers import HOST, eventually
 from twisted.internet import defer
 from twisted.internet import reactor as globalReactor
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial import unittest
 
 from cauldron.transport import AddressInUse, Transport, bindAddress, portOf
@@ -19,6 +20,7 @@ from cauldron.transport.sockets import (
     CONNECT_TIMEOUT_MS,
     HIGH_WATER_MARK,
     LINGER_MS,
+    MAX_FRAMES,
     MAX_MESSAGE_BYTES,
     READ_BATCH,
     TCP_MAXRT_MS,
@@ -216,6 +218,37 @@ class TransportTests(unittest.TestCase):
         self.assertLess(seenByTimer[0], total)
         self.assertLessEqual(seenByTimer[0], READ_BATCH)
         self.assertEqual([f[0] for f in handled], [str(i).encode() for i in range(total)])
+
+    @defer.inlineCallbacks
+    def test_messageOfTooManyFramesIsDropped(self):
+        """A message of more frames than a socket takes is dropped whole and counted."""
+        got = []
+        router = self.transport.router(lambda peer, frames: got.append(frames))
+        address = router.bind(bindAddress("tcp", HOST, 0))
+        dealer = self.transport.dealer(lambda frames: None)
+        dealer.connect(address)
+        # The ROUTER adds a frame of its own: the peer's identity.
+        dealer.send([b"a"] * (MAX_FRAMES - 1))
+        dealer.send([b"b"] * MAX_FRAMES)
+        dealer.send([b"c"])
+        yield eventually(lambda: len(got) == 2)
+        self.assertEqual(got, [[b"a"] * (MAX_FRAMES - 1), [b"c"]])
+        self.assertEqual(router.malformed, 1)
+
+    def test_readingNothingIsQuiet(self):
+        """A read that finds no message (a wake-up for other news, the safety poll) is no error."""
+        got, problems = [], []
+
+        def observe(event):
+            if event["log_level"] in (LogLevel.warn, LogLevel.error, LogLevel.critical):
+                problems.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        dealer = self.transport.dealer(got.append)
+        dealer.doRead()
+        dealer.readWaiting()
+        self.assertEqual((got, problems), ([], []))
 
     @defer.inlineCallbacks
     def test_subscriberTopics(self):
