@@ -508,6 +508,7 @@ class RemoteDispatcher:
         self._staleEpochs = deque(maxlen=16)  # recent runs whose late messages we drop
         self._lastBeat = None
         self._clockOffsets = deque(maxlen=CLOCK_SAMPLES)
+        self._clockAhead = None  # the smallest of them: how far ours may be ahead
         self._clockEpoch = None
         self.malformed = RateLimitedCounter(f"malformed broadcasts from {self}", client.reactor)
         self._notices = remote._notices
@@ -730,6 +731,7 @@ class RemoteDispatcher:
             self._clockOffsets.clear()
             self._clockEpoch = epoch
         self._clockOffsets.append(self._wallClock() - dispatcherNow)
+        self._clockAhead = min(self._clockOffsets)  # asked by every request
 
     def _deadline(self, timeout):
         """When, on the dispatcher's clock, it must no longer start a request of ours.
@@ -737,9 +739,9 @@ class RemoteDispatcher:
         0 (none) until the dispatcher's clock has been read once: only the
         first ``describe`` goes without, and it changes nothing.
         """
-        if not self._clockOffsets:
+        if self._clockAhead is None:
             return 0.0
-        return self._wallClock() + timeout - min(self._clockOffsets)
+        return self._wallClock() + timeout - self._clockAhead
 
     # -- liveness
 
@@ -1053,8 +1055,9 @@ class RemoteKeyword:
         if not self._isNewer(value, self.latest):
             return False
         self.latest = value
-        for subscription in list(self._subscriptions):
-            subscription._offer(value, welcome)
+        if self._subscriptions:
+            for subscription in list(self._subscriptions):
+                subscription._offer(value, welcome)
         return True
 
     def _broadcast(self, value, welcome=False):

@@ -93,6 +93,7 @@ __all__ = [
 log = Logger()
 #: one event per accepted write: who wrote what (feed it to the site's log system)
 audit = Logger(namespace="cauldron.audit")
+_AUDIT_FORMAT = "{service}.{keyword} written by {who} ({claimed}): {before} -> {after}"
 
 #: writes one keyword may have waiting behind a slow one before we refuse more
 MAX_QUEUED_WRITES = 100
@@ -883,13 +884,13 @@ class DispatcherService(service.Service):
         # Only a secure peer has a key: asking libzmq in plain mode fails, slowly.
         key = getattr(peer, "userId", "") if secure else ""
         address = getattr(peer, "address", "")
-        audit.info(
-            "{service}.{keyword} written by {who} ({claimed}): {before} -> {after}",
-            service=self.name, keyword=keyword.name, who=key or address or "a local client",
-            key=key or None, address=address,
-            claimed=" ".join(f"{k}={v}" for k, v in origin.items()) or "no origin given",
-            origin=origin, before=_shown(before), after=_shown(after), old=before, new=after,
-        )
+        _emitAudit({
+            "service": self.name, "keyword": keyword.name,
+            "who": key or address or "a local client", "key": key or None, "address": address,
+            "claimed": " ".join(f"{k}={v}" for k, v in origin.items()) or "no origin given",
+            "origin": origin, "before": _shown(before), "after": _shown(after),
+            "old": before, "new": after,
+        })
 
     def _handleList(self, request, peer):
         if self._late(request):
@@ -1075,6 +1076,18 @@ def _origin(claimed):
             kept[field] = text if text.isprintable() else "".join(
                 c for c in text if c.isprintable())
     return kept
+
+
+def _emitAudit(event):
+    """Log one audit event at info level: the event ``audit.info`` would make.
+
+    Logger.info copies its arguments twice and checks the level against a
+    freshly sorted list of every level, which cost as much as the rest of a
+    write on the dispatcher; the audit's level is always info.
+    """
+    event.update(log_logger=audit, log_level=LogLevel.info, log_namespace=audit.namespace,
+                 log_source=audit.source, log_format=_AUDIT_FORMAT, log_time=time.time())
+    audit.observer(event)
 
 
 def _shown(text, limit=80):

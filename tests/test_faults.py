@@ -488,6 +488,7 @@ class AuditTests(unittest.TestCase):
         self.assertEqual((pos["service"], pos["keyword"], pos["old"], pos["new"]),
                          ("demo", "POS", "3", "4"))
         self.assertEqual(pos["address"], HOST)
+        self.assertEqual(pos["log_level"], LogLevel.info)
         self.assertEqual(pos["origin"]["pid"], str(os.getpid()))
         self.assertIn("demo.POS written by 127.0.0.1 (host=", formatEvent(pos))
         self.assertNotIn("hunter2", formatEvent(code) + repr(code))
