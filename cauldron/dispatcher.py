@@ -217,7 +217,8 @@ class DispatcherService(service.Service):
         self._changed = {}
         self._outbox = {}  # keyword name -> [UpdateEntry] made this reactor turn
         self._audits = []  # the audit records of the writes accepted this turn
-        self._flushing = None  # the DelayedCall broadcasting and logging them
+        self._flushing = None  # the DelayedCall broadcasting and logging them, if any
+        self._flushAfterRead = False  # or the requests being read do, once answered
         self._transport = None
         self._router = None
         self._routerSocket = None
@@ -416,7 +417,7 @@ class DispatcherService(service.Service):
 
         Used by the router link, which may retry with other ports.
         """
-        router = self._transport.router(self._received)
+        router = self._transport.router(self._received, self._requestsAnswered)
         try:
             dispatch = router.bind(dispatchAddress)
             publisher = self._transport.publisher(self._subscribed, isTopic=self._isTopic)
@@ -575,9 +576,24 @@ class DispatcherService(service.Service):
         self._flushSoon()
 
     def _flushSoon(self):
-        """Broadcast and log at the end of this reactor turn, after its replies went out."""
-        if self._flushing is None:
+        """Broadcast and log at the end of this reactor turn, after its replies went out.
+
+        Changes made by requests are flushed once the requests read in this
+        turn are answered; others (a timer's, a slow write's) by a call
+        scheduled for the end of the turn.
+        """
+        if self._flushing is not None or self._flushAfterRead:
+            return
+        router = self._routerSocket
+        if router is not None and router.reading:
+            self._flushAfterRead = True
+        else:
             self._flushing = self.reactor.callLater(0, self._flush)
+
+    def _requestsAnswered(self):
+        """The requests read in this turn are answered: what they changed goes out."""
+        if self._flushAfterRead:
+            self._flush()
 
     def _flush(self):
         """Broadcast every change still waiting, keyword by keyword, in order; log the writes."""
@@ -590,6 +606,7 @@ class DispatcherService(service.Service):
         if self._flushing is not None and self._flushing.active():
             self._flushing.cancel()
         self._flushing = None
+        self._flushAfterRead = False
         outbox, self._outbox = self._outbox, {}
         return outbox
 

@@ -514,6 +514,24 @@ class AuditTests(unittest.TestCase):
         self.assertEqual(audits, [("POS", "3", "4")])
 
     @defer.inlineCallbacks
+    def test_loggedOnceTheRequestsOfTheTurnAreAnswered(self):
+        """A write's audit is logged when its turn's requests are answered, not in a later call."""
+        auditsSeenLater = []
+
+        def audits():
+            return sum(e.get("log_namespace") == "cauldron.audit" for e in events)
+
+        class Pos(keywords.Integer):
+            def write(self, value):
+                globalReactor.callLater(0, lambda: auditsSeenLater.append(audits()))
+
+        dispatcher, client, remote = yield startPair(self, [Pos("POS", initial=0)])
+        with capturedLogs() as events:
+            yield remote["POS"].write(1)
+            yield eventually(lambda: auditsSeenLater)
+        self.assertEqual(auditsSeenLater, [1])
+
+    @defer.inlineCallbacks
     def test_turnOfWritesLoggedInOrder(self):
         """Pipelined writes answered in one turn are each logged, in order, with their values."""
         dispatcher, client, remote = yield startPair(self, [keywords.Integer("POS", initial=0)])

@@ -220,6 +220,23 @@ class TransportTests(unittest.TestCase):
         self.assertEqual([f[0] for f in handled], [str(i).encode() for i in range(total)])
 
     @defer.inlineCallbacks
+    def test_batchEndFollowsTheMessagesOfOneRead(self):
+        """A ROUTER's onBatchEnd runs once the messages of one read are handled."""
+        seen, sockets = [], {}
+        router = sockets["router"] = self.transport.router(
+            lambda peer, frames: seen.append((frames[0], sockets["router"].reading)),
+            lambda: seen.append(("end", sockets["router"].reading)) if sockets else None)
+        address = router.bind("inproc://cauldron-test-batch-end")
+        dealer = self.transport.dealer(lambda frames: None)
+        dealer.connect(address)
+        for name in (b"a", b"b", b"c"):  # inproc: all queued before the reactor runs
+            dealer.send([name])
+        yield eventually(lambda: (b"c", True) in seen and seen[-1] == ("end", False))
+        while seen[0][0] == "end":  # reads that found nothing end batches too
+            seen.pop(0)
+        self.assertEqual(seen, [(b"a", True), (b"b", True), (b"c", True), ("end", False)])
+
+    @defer.inlineCallbacks
     def test_messageOfTooManyFramesIsDropped(self):
         """A message of more frames than a socket takes is dropped whole and counted."""
         got = []

@@ -86,9 +86,9 @@ class Transport:
         """Whether this Transport makes CURVE sockets only."""
         return self.curve is not None
 
-    def router(self, onMessage):
-        """A ROUTER; in secure mode a CURVE server once bound."""
-        return self._secured(RouterConnection(self._factory, onMessage))
+    def router(self, onMessage, onBatchEnd=None):
+        """A ROUTER; in secure mode a CURVE server once bound (see RouterConnection)."""
+        return self._secured(RouterConnection(self._factory, onMessage, onBatchEnd))
 
     def dealer(self, onMessage, serverKey=None):
         """A DEALER; in secure mode a CURVE client of the server with public key ``serverKey``."""

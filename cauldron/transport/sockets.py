@@ -284,6 +284,15 @@ class _Connection(ZmqConnection):
             self._readBatch()
         finally:
             self._reading = False
+        self._batchEnded()
+
+    @property
+    def reading(self):
+        """Whether this socket's messages are being handled now (see ``onBatchEnd``)."""
+        return self._reading
+
+    def _batchEnded(self):
+        """The messages of one read are handled (a ROUTER may say so)."""
 
     def readWaiting(self):
         """Read what libzmq holds now, if anything (a poll that may find nothing)."""
@@ -499,6 +508,11 @@ class Peer(bytes):
 class RouterConnection(_Connection):
     """A ROUTER: ``onMessage(peer, frames)``; ``sendTo(peer, frames)``.
 
+    ``onBatchEnd()``, if given, is called each time the reactor's read
+    callback has handled the messages it read (while it runs, ``reading``
+    is True): work a batch of requests left can be done once, at once,
+    instead of in a call scheduled for later.
+
     ``peer`` is a :class:`Peer`.  A peer cannot take over another's replies
     by claiming its routing identity (ROUTER_HANDOVER is off: a second
     connection with an identity in use is ignored).
@@ -506,10 +520,18 @@ class RouterConnection(_Connection):
 
     socketType = zmq.ROUTER
 
-    def __init__(self, factory, onMessage):
+    def __init__(self, factory, onMessage, onBatchEnd=None):
         #: handshakes of peers that failed (secure mode: wrong mechanism, key...)
         self.handshakeFailures = 0
+        self._onBatchEnd = onBatchEnd
         super().__init__(factory, onMessage)
+
+    def _batchEnded(self):
+        if self._onBatchEnd is not None:
+            try:
+                self._onBatchEnd()
+            except Exception:
+                log.failure("unhandled error ending a batch on {conn!r}", conn=self)
 
     def _configure(self, socket):
         socket.set(zmq.ROUTER_MANDATORY, 1)
