@@ -216,6 +216,7 @@ class DispatcherService(service.Service):
         self._beats = 0
         self._changed = {}
         self._outbox = {}  # keyword name -> [UpdateEntry] made this reactor turn
+        self._topics = {}  # keyword name -> its broadcast topic
         self._audits = []  # the audit records of the writes accepted this turn
         self._flushing = None  # the DelayedCall broadcasting and logging them, if any
         self._flushAfterRead = False  # or the requests being read do, once answered
@@ -564,16 +565,26 @@ class DispatcherService(service.Service):
 
         Every change is sent (none is conflated): a burst of changes of one
         keyword goes out as a few :class:`Updates` batches, so the broadcast
-        socket's high-water mark counts batches, not changes.
+        socket's high-water mark counts batches, not changes.  A change of a
+        keyword no connection subscribes to would reach nobody: it is not
+        made into a message at all.
         """
         self._changed[keyword.name] = keyword.sequence
         if keyword.persist and self.stateFile is not None:
             self.stateFile.changed(keyword)
         if self._publisher is None or keyword.writeonly:
             return
+        if not self._publisher.heard(self._topicOf(keyword.name)):
+            return  # nobody subscribed: a subscriber's welcome will bring the value
         entry = UpdateEntry(keyword.value, keyword.ascii, keyword.sequence, keyword.timestamp)
         self._outbox.setdefault(keyword.name, []).append(entry)
         self._flushSoon()
+
+    def _topicOf(self, name):
+        topic = self._topics.get(name)
+        if topic is None:
+            topic = self._topics[name] = codec.topicFor(name)
+        return topic
 
     def _flushSoon(self):
         """Broadcast and log at the end of this reactor turn, after its replies went out.

@@ -131,6 +131,35 @@ class PublisherTests(unittest.TestCase):
         yield eventually(onlyB)
 
     @defer.inlineCallbacks
+    def test_heardWhileAConnectionIsSubscribed(self):
+        """A topic is heard while a connection is subscribed to it, not after it leaves."""
+        publisher, address = self.publisher()
+        self.assertFalse(publisher.heard(b"KA\x00"))
+        first = self.peer(zmq.SUB, address, b"KA\x00", b"KB\x00")
+        second = self.peer(zmq.SUB, address, b"KA\x00")
+        yield eventually(lambda: publisher._subscribers == {b"KA\x00": 2, b"KB\x00": 1})
+        first.unsubscribe(b"KB\x00")
+        yield eventually(lambda: not publisher.heard(b"KB\x00"))
+        first.close(0)
+        yield eventually(lambda: publisher._subscribers == {b"KA\x00": 1})
+        second.close(0)
+        yield eventually(lambda: not publisher.heard(b"KA\x00"))
+
+    @defer.inlineCallbacks
+    def test_unsubscribingWhatOneNeverSubscribedMutesNobody(self):
+        """A peer's unsubscriptions from topics it never subscribed to leave others' heard."""
+        publisher, address = self.publisher()
+        sub = self.peer(zmq.SUB, address, b"KA\x00")
+        yield self.published(publisher, sub, b"KA\x00")
+        hostile = self.raw(address)  # raw: a libzmq XSUB sends no such unsubscriptions
+        hostile.sendall(zmtpFrame(b"\x00KA\x00") * 3
+                        + zmtpFrame(b"\x01KB\x00"))  # heard once those before it were read
+        yield eventually(lambda: publisher.heard(b"KB\x00"))
+        self.assertEqual(publisher._subscribers, {b"KA\x00": 1, b"KB\x00": 1})
+        got = yield self.published(publisher, sub, b"KA\x00")
+        self.assertTrue(got)
+
+    @defer.inlineCallbacks
     def test_oversizedSubscriptionDropsThatPeerOnly(self):
         """A subscription over MAX_SUBSCRIPTION_BYTES drops its connection; others carry on."""
         publisher, address = self.publisher()
@@ -309,3 +338,5 @@ class PublisherTests(unittest.TestCase):
         yield self.published(publisher, sub, b"KA\x00")
         yield eventually(lambda: publisher.refused == 1)
         self.assertEqual((publisher.cuts, publisher._peers), (0, {}))
+        # Known by no descriptor, it may hear anything: every topic counts as heard.
+        self.assertTrue(publisher.heard(b"KB\x00"))

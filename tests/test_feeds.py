@@ -113,6 +113,26 @@ class SharedFeedTests(unittest.TestCase):
         self.assertEqual(second["OTHER"].latest.binary, 1)  # never routed to the second
 
     @defer.inlineCallbacks
+    def test_changesNobodyHearsAreNotSent(self):
+        """No message is made of a change nobody subscribes to; a monitor after sees the rest."""
+        publisher = self.dispatcher._publisher
+        self.assertFalse(publisher.heard(COUNT_TOPIC))
+        for value in (4, 5, 6):
+            self.dispatcher["COUNT"].set(value)
+        self.assertEqual(self.dispatcher._outbox, {})
+        _, remote = yield self.remote()
+        subscription, seen = yield self.monitor(remote)
+        self.assertTrue(publisher.heard(COUNT_TOPIC))
+        for value in (7, 8):
+            self.dispatcher["COUNT"].set(value)
+        yield eventually(lambda: seen[-1:] == [8])
+        self.assertEqual(seen, [6, 7, 8])
+        subscription.stop()
+        yield eventually(lambda: not publisher.heard(COUNT_TOPIC))
+        self.dispatcher["COUNT"].set(9)
+        self.assertEqual(self.dispatcher._outbox, {})
+
+    @defer.inlineCallbacks
     def test_subscriptionsCounted(self):
         """The socket unsubscribes from a topic after its last monitor stops, not before."""
         _, first = yield self.remote()

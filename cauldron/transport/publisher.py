@@ -1,7 +1,9 @@
 """The broadcast socket: an XPUB that applies only the subscriptions it serves.
 
 A dispatcher publishes updates and heartbeats here, and answers each new
-subscription with the keyword's current value (:class:`PublisherConnection`).
+subscription with the keyword's current value (:class:`PublisherConnection`);
+it asks :meth:`~PublisherConnection.heard` first, so a change nobody
+subscribes to is never made into a message.
 A subscriber can do more than subscribe, so everything it may send is
 bounded here (issue 8): libzmq keeps every subscription a peer sends,
 applied or not, in a trie until the connection ends, and walks that whole
@@ -100,13 +102,14 @@ class _ProblemLog:
 class _Peer:
     """A connection to a publisher, known by its file descriptor while libzmq says it is open."""
 
-    __slots__ = ("fd", "refused", "refusedBytes", "cut")
+    __slots__ = ("fd", "refused", "refusedBytes", "cut", "topics")
 
     def __init__(self, fd):
         self.fd = fd
         self.refused = set()  # topics refused that libzmq keeps until the connection ends
         self.refusedBytes = 0
         self.cut = False
+        self.topics = set()  # topics its subscriptions to were applied
 
 
 class _MonitorConnection(_SocketMonitor):
@@ -154,6 +157,8 @@ class PublisherConnection(_Connection):
         self._peers = {}  # fd -> _Peer, for the connections libzmq reported open
         self._refusedTopics = 0
         self._refusedBytes = 0
+        self._subscribers = {}  # topic -> connections its subscriptions were applied for
+        self._untracked = 0  # subscriptions applied for peers known by no descriptor
         self._boundPorts = set()
         self._connectedPorts = set()
         self._inMessage = False
@@ -183,6 +188,15 @@ class PublisherConnection(_Connection):
     def send(self, frames):
         """Publish; never blocks and never raises for slow subscribers."""
         self._sendFrames(frames)
+
+    def heard(self, topic):
+        """Whether a connection is subscribed to ``topic``: if not, a message on it reaches nobody.
+
+        Counted from the subscriptions applied and the connections that
+        ended; a subscription from a peer known by no file descriptor
+        (inproc) makes every topic count as heard from then on.
+        """
+        return topic in self._subscribers or self._untracked > 0
 
     # -- reading subscriptions
 
@@ -245,9 +259,8 @@ class PublisherConnection(_Connection):
         for peers without a file descriptor (inproc), and for messages of a
         connection libzmq already reported closed.
         """
-        try:
-            fd = frame.get(zmq.SRCFD)
-        except zmq.ZMQError:
+        fd = _sourceOf(frame)
+        if fd < 0:
             return None
         peer = self._peers.get(fd)
         if peer is None or peer.cut:
@@ -266,6 +279,7 @@ class PublisherConnection(_Connection):
             # In manual mode this applies to the connection of the message
             # received last: it must happen before receiving another.
             self.socket.set(zmq.SUBSCRIBE, topic)
+            self._countSubscription(frame, topic)
             self._onSubscribe(topic)
 
     def _unsubscribe(self, frame, topic):
@@ -275,10 +289,40 @@ class PublisherConnection(_Connection):
             return
         if not self._tainted:
             self.socket.set(zmq.UNSUBSCRIBE, topic)
+            self._uncountSubscription(self._peerOf(frame), topic)
             return
         peer = self._peerOf(frame)
         if peer is not None:  # None: libzmq's own, for a connection that ended
             self._resubscribe(peer, topic)
+
+    # -- who hears what (see heard)
+
+    def _countSubscription(self, frame, topic):
+        peer = self._peerOf(frame)
+        if peer is not None:
+            if topic not in peer.topics:
+                peer.topics.add(topic)
+                self._subscribers[topic] = self._subscribers.get(topic, 0) + 1
+        elif _sourceOf(frame) < 0:  # inproc: no descriptor to know the peer by
+            self._untracked += 1
+        # else its connection ended already, and the subscription with it
+
+    def _uncountSubscription(self, peer, topic):
+        """An unsubscription applied; one a peer never subscribed counts for nothing.
+
+        libzmq's own, for a connection that ended (peer None), are counted
+        when its end is reported (see _forget).
+        """
+        if peer is not None and topic in peer.topics:
+            peer.topics.discard(topic)
+            self._uncount(topic)
+
+    def _uncount(self, topic):
+        left = self._subscribers[topic] - 1
+        if left:
+            self._subscribers[topic] = left
+        else:
+            del self._subscribers[topic]
 
     def _resubscribe(self, peer, topic):
         """Make a peer send its subscriptions again: we cannot apply this one.
@@ -403,6 +447,8 @@ class PublisherConnection(_Connection):
         peer = self._peers.pop(fd, None)
         if peer is not None:
             self._release(peer)
+            for topic in peer.topics:  # libzmq dropped its subscriptions with it
+                self._uncount(topic)
 
     def shutdown(self):
         if self.closed:
@@ -415,6 +461,14 @@ class PublisherConnection(_Connection):
 
 def _ignore(topic):
     return None
+
+
+def _sourceOf(frame):
+    """The file descriptor of the connection a message came from; -1 if none (inproc)."""
+    try:
+        return frame.get(zmq.SRCFD)
+    except zmq.ZMQError:
+        return -1
 
 
 def _userId(frame):
