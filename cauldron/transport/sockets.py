@@ -81,15 +81,14 @@ log = Logger()
 _SEND_LAST = int(zmq.NOBLOCK)
 _SEND_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 _EVENTS = int(zmq.EVENTS)
-_RCVMORE = int(zmq.RCVMORE)
 _RECV = int(zmq.NOBLOCK)
+_POLLIN = int(zmq.POLLIN)
 # pyzmq's Socket.send is a layer in Python (for draft sockets' routing_id
 # and group) over the compiled send, which costs a third as much per frame;
 # receiving and asking for events, the compiled methods save a lookup.
 _send = zmq.backend.Socket.send
 _recv = zmq.backend.Socket.recv
 _get = zmq.backend.Socket.get
-_POLLIN = int(zmq.POLLIN)
 _HANDSHAKE_FAILED = int(
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -354,7 +353,7 @@ class _Connection(ZmqConnection):
 
     def _discardRest(self, socket):
         """Drop the rest of a message with too many frames (ours have at most four)."""
-        while socket.recv(_RECV, copy=False).more:
+        while _recv(socket, _RECV, False).more:
             pass
         self.malformed += 1
         return None
