@@ -140,14 +140,19 @@ class TransportTests(unittest.TestCase):
         self.assertEqual(got["A"], [[b"1", b"A"]])
         self.assertEqual(got["B"], [[b"1", b"B"]])
 
+    def routerAndDealer(self, onMessage):
+        """A ROUTER on TCP handing its messages to ``onMessage``, and a DEALER connected to it."""
+        router = self.transport.router(onMessage)
+        address = router.bind(bindAddress("tcp", HOST, 0))
+        dealer = self.transport.dealer(lambda frames: None)
+        dealer.connect(address)
+        return router, dealer
+
     @defer.inlineCallbacks
     def test_peerTellsItsAddress(self):
         """A ROUTER's peer is its identity, and tells its numeric address (and no user id)."""
         peers = []
-        router = self.transport.router(lambda peer, frames: peers.append(peer))
-        address = router.bind(bindAddress("tcp", HOST, 0))
-        dealer = self.transport.dealer(lambda frames: None)
-        dealer.connect(address)
+        router, dealer = self.routerAndDealer(lambda peer, frames: peers.append(peer))
         dealer.send([b"hello"])
         yield eventually(lambda: peers)
         peer = peers[0]
@@ -240,10 +245,7 @@ class TransportTests(unittest.TestCase):
     def test_messageOfTooManyFramesIsDropped(self):
         """A message of more frames than a socket takes is dropped whole and counted."""
         got = []
-        router = self.transport.router(lambda peer, frames: got.append(frames))
-        address = router.bind(bindAddress("tcp", HOST, 0))
-        dealer = self.transport.dealer(lambda frames: None)
-        dealer.connect(address)
+        router, dealer = self.routerAndDealer(lambda peer, frames: got.append(frames))
         # The ROUTER adds a frame of its own: the peer's identity.
         dealer.send([b"a"] * (MAX_FRAMES - 1))
         dealer.send([b"b"] * MAX_FRAMES)
