@@ -43,14 +43,20 @@ class SharedFeedTests(unittest.TestCase):
         return subscription, seen
 
     @defer.inlineCallbacks
-    def test_clientsShareOneSocket(self):
-        """Three clients monitoring one keyword: one SUB socket, every change reaches each."""
+    def monitoringClients(self, count):
+        """``(remotes, seens)``: ``count`` new clients, each monitoring COUNT."""
         remotes, seens = [], []
-        for _ in range(3):
+        for _ in range(count):
             _, remote = yield self.remote()
             _, seen = yield self.monitor(remote)
             remotes.append(remote)
             seens.append(seen)
+        return remotes, seens
+
+    @defer.inlineCallbacks
+    def test_clientsShareOneSocket(self):
+        """Three clients monitoring one keyword: one SUB socket, every change reaches each."""
+        remotes, seens = yield self.monitoringClients(3)
         self.assertEqual(sharedSockets(), 1)
         feed = remotes[0].primary._feed
         self.assertTrue(all(remote.primary._feed is feed for remote in remotes))
@@ -171,12 +177,7 @@ class SharedFeedTests(unittest.TestCase):
         """A dispatcher back on its ports after a stop: every client of the feed re-primes."""
         dispatchPort = portOf(self.dispatcher.dispatchAddress)
         broadcastPort = portOf(self.dispatcher.broadcastAddress)
-        remotes, seens = [], []
-        for _ in range(2):
-            _, remote = yield self.remote()
-            _, seen = yield self.monitor(remote)
-            remotes.append(remote)
-            seens.append(seen)
+        remotes, seens = yield self.monitoringClients(2)
         yield self.dispatcher.stopService()
         yield eventually(lambda: not any(remote.connected for remote in remotes))
         second = yield startDispatcher(
