@@ -301,7 +301,7 @@ class _Connection(ZmqConnection):
 
     def readWaiting(self):
         """Read what libzmq holds now, if anything (a poll that may find nothing)."""
-        if not self.closed and self.socket.getsockopt(_EVENTS) & _POLLIN:
+        if not self.closed and _get(self.socket, _EVENTS) & _POLLIN:
             self.doRead()
 
     def _readBatch(self):
@@ -375,7 +375,7 @@ class _Connection(ZmqConnection):
         self._sendFrames(frames)
         # ZMQ_FD is edge-triggered and a send may consume the edge: look once
         # (unless a read loop is running: it looks before it returns).
-        if not self._reading and self.socket.getsockopt(_EVENTS) & _POLLIN:
+        if not self._reading and _get(self.socket, _EVENTS) & _POLLIN:
             self._scheduleRead()
 
     def _sendFrames(self, frames):
