@@ -16,7 +16,10 @@ reactor used behind the caller's back.  Every socket made here has:
   (:data:`ZMTP_HEARTBEAT_MS`, :data:`TCP_MAXRT_MS`) and on connection
   attempts (:data:`CONNECT_TIMEOUT_MS`), so a connection to a frozen or
   cut-off peer is dropped within seconds and reconnected at once after a
-  heal, instead of waiting for the kernel's retransmission backoff.
+  heal, instead of waiting for the kernel's retransmission backoff.  Only
+  connecting sockets send the PINGs; each carries a time to live, after
+  which the bound end drops a peer gone silent (see :meth:`_Connection.bind`
+  for why a bound socket sends none).
 
 ROUTER sockets report the peer identity with each message and send replies
 to it; the identity is ZeroMQ's, never a value the peer chose.  Publishers
@@ -63,7 +66,9 @@ SAFETY_POLL_SECONDS = 0.5
 HANDSHAKE_MS = 5000
 RECONNECT_MS = 100
 RECONNECT_MAX_MS = 1000
-#: ZMTP PING every second; a connection silent for three is dropped (both ends)
+#: ZMTP PING every second from a connecting socket; a connection silent for
+#: three is dropped, by the connecting end (no PONG) and by the bound one (the
+#: PINGs' time to live)
 ZMTP_HEARTBEAT_MS = 1000
 ZMTP_HEARTBEAT_TIMEOUT_MS = 3000
 #: a TCP connection whose sent data stays unacknowledged this long is dropped
@@ -174,6 +179,7 @@ class _Connection(ZmqConnection):
         self.socket.set(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         self.socket.set(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_MS)
         self.socket.set(zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_TIMEOUT_MS)
+        self.socket.set(zmq.HEARTBEAT_TTL, ZMTP_HEARTBEAT_TIMEOUT_MS)
         self.socket.set(zmq.TCP_MAXRT, TCP_MAXRT_MS)
         self.socket.set(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
         self.socket.set(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
@@ -238,8 +244,16 @@ class _Connection(ZmqConnection):
         An ipc file's folder is made (mode 0700) if missing; an ipc file
         someone listens on is :class:`AddressInUse` (libzmq would silently
         take it over); the file is removed when this socket shuts down.
+
+        A bound socket sends no ZMTP PINGs.  libzmq 4.3 aborts the process
+        (``Assertion failed: !_io_error``) when a connection's PING timer
+        fires after the connection was reset while its input was stopped at
+        the high-water mark: any peer could do that by flooding, then
+        resetting.  The PINGs of the connecting end keep the connection
+        alive, and their time to live drops it when they stop.
         """
         self._secure("server")
+        self.socket.set(zmq.HEARTBEAT_IVL, 0)
         path = _ipcPath(address)
         if path is not None:
             _makeIpcFolder(os.path.dirname(path))
@@ -276,6 +290,7 @@ class _Connection(ZmqConnection):
 
     def connect(self, address):
         self._secure("client")
+        self.socket.set(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_MS)  # PINGs: see bind
         self.socket.connect(address)
 
     def doRead(self):
