@@ -25,6 +25,7 @@ from cauldron.transport.sockets import (
     READ_BATCH,
     TCP_MAXRT_MS,
     ZMTP_HEARTBEAT_MS,
+    ZMTP_HEARTBEAT_TIMEOUT_MS,
 )
 
 
@@ -82,12 +83,26 @@ class TransportTests(unittest.TestCase):
             self.assertEqual(socket.get(zmq.MAXMSGSIZE), largest, kind)
             self.assertEqual(socket.get(zmq.LINGER), LINGER_MS, kind)
             self.assertEqual(socket.get(zmq.HEARTBEAT_IVL), ZMTP_HEARTBEAT_MS, kind)
+            self.assertEqual(socket.get(zmq.HEARTBEAT_TTL), ZMTP_HEARTBEAT_TIMEOUT_MS, kind)
             self.assertEqual(socket.get(zmq.TCP_MAXRT), TCP_MAXRT_MS, kind)
             self.assertEqual(socket.get(zmq.CONNECT_TIMEOUT), CONNECT_TIMEOUT_MS, kind)
         self.assertEqual(sockets["router"].socket.get(zmq.TYPE), zmq.ROUTER)
         self.assertEqual(sockets["dealer"].socket.get(zmq.TYPE), zmq.DEALER)
         self.assertEqual(sockets["publisher"].socket.get(zmq.TYPE), zmq.XPUB)
         self.assertEqual(sockets["subscriber"].socket.get(zmq.TYPE), zmq.SUB)
+
+    def test_onlyConnectingSocketsPing(self):
+        """A bound socket sends no ZMTP PINGs; a connecting one does (see test_resets)."""
+        router = self.transport.router(lambda identity, frames: None)
+        address = router.bind(bindAddress("tcp", HOST, 0))
+        publisher = self.transport.publisher()
+        publisher.bind(bindAddress("tcp", HOST, 0))
+        dealer = self.transport.dealer(lambda frames: None)
+        dealer.connect(address)
+        for bound in (router, publisher):
+            self.assertEqual(bound.socket.get(zmq.HEARTBEAT_IVL), 0)
+        self.assertEqual(dealer.socket.get(zmq.HEARTBEAT_IVL), ZMTP_HEARTBEAT_MS)
+        self.assertEqual(dealer.socket.get(zmq.HEARTBEAT_TTL), ZMTP_HEARTBEAT_TIMEOUT_MS)
 
     def test_plainModeIsPlain(self):
         """Without a Curve (the default) no socket speaks CURVE and no ZAP handler runs."""
