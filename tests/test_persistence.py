@@ -428,7 +428,7 @@ class SavingTests(StateTestCase):
         self.assertTrue(service.stateFile.writing)
         self.assertEqual(service.stateFile.transactions, 1)
         release()
-        yield eventually(lambda: storedValue(self.path) == 33.0)
+        yield eventually(lambda: storedValue(self.path) == 33.0 and not service.stateFile.writing)
         self.assertEqual(service.stateFile.transactions, 3)  # 30, then 31-33 in one
         self.assertEqual(service.stateFile.failures, 0)
 
@@ -446,7 +446,8 @@ class SavingTests(StateTestCase):
             kw.set(51.0)  # replaces the failed value
             self.assertEqual(stateFile.pending, ["TEMP"])
             release()
-            yield eventually(lambda: storedValue(self.path) == 51.0)
+            # Stored, and the reactor has taken the writer thread's answer (and logged).
+            yield eventually(lambda: storedValue(self.path) == 51.0 and not stateFile.writing)
         errors = [formatEvent(e) for e in events if e["log_level"] == LogLevel.error]
         self.assertTrue(errors)
         self.assertIn(self.path, errors[0])
