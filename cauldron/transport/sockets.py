@@ -250,7 +250,9 @@ class _Connection(ZmqConnection):
         fires after the connection was reset while its input was stopped at
         the high-water mark: any peer could do that by flooding, then
         resetting.  The PINGs of the connecting end keep the connection
-        alive, and their time to live drops it when they stop.
+        alive, and their time to live drops it when they stop.  (A peer
+        that puts a PING of its own after its flood still aborts a ROUTER:
+        libzmq answers it on the broken connection.  See docs/overview.)
         """
         self._secure("server")
         self.socket.set(zmq.HEARTBEAT_IVL, 0)
