@@ -23,9 +23,10 @@ from cauldron.transport.sockets import (
     MAX_FRAMES,
     MAX_MESSAGE_BYTES,
     READ_BATCH,
+    TCP_KEEPALIVE_IDLE_S,
+    TCP_KEEPALIVE_INTERVAL_S,
+    TCP_KEEPALIVE_PROBES,
     TCP_MAXRT_MS,
-    ZMTP_HEARTBEAT_MS,
-    ZMTP_HEARTBEAT_TIMEOUT_MS,
 )
 
 
@@ -58,7 +59,7 @@ class TransportTests(unittest.TestCase):
 
     def test_socketOptions(self):
         """Every socket gets high-water marks, a maximum message size, a linger, and
-        the options that drop connections to frozen or cut-off peers.
+        the options that drop connections to cut-off peers, and no ZMTP heartbeats.
 
         A publisher takes only small subscriptions, one at a time; a
         subscriber queues all its subscriptions (they are few, and one lost
@@ -82,27 +83,17 @@ class TransportTests(unittest.TestCase):
             self.assertEqual(socket.get(zmq.RCVHWM), receiveMark, kind)
             self.assertEqual(socket.get(zmq.MAXMSGSIZE), largest, kind)
             self.assertEqual(socket.get(zmq.LINGER), LINGER_MS, kind)
-            self.assertEqual(socket.get(zmq.HEARTBEAT_IVL), ZMTP_HEARTBEAT_MS, kind)
-            self.assertEqual(socket.get(zmq.HEARTBEAT_TTL), ZMTP_HEARTBEAT_TIMEOUT_MS, kind)
+            self.assertEqual(socket.get(zmq.HEARTBEAT_IVL), 0, kind)  # see test_resets
+            self.assertEqual(socket.get(zmq.TCP_KEEPALIVE), 1, kind)
+            self.assertEqual(socket.get(zmq.TCP_KEEPALIVE_IDLE), TCP_KEEPALIVE_IDLE_S, kind)
+            self.assertEqual(socket.get(zmq.TCP_KEEPALIVE_INTVL), TCP_KEEPALIVE_INTERVAL_S, kind)
+            self.assertEqual(socket.get(zmq.TCP_KEEPALIVE_CNT), TCP_KEEPALIVE_PROBES, kind)
             self.assertEqual(socket.get(zmq.TCP_MAXRT), TCP_MAXRT_MS, kind)
             self.assertEqual(socket.get(zmq.CONNECT_TIMEOUT), CONNECT_TIMEOUT_MS, kind)
         self.assertEqual(sockets["router"].socket.get(zmq.TYPE), zmq.ROUTER)
         self.assertEqual(sockets["dealer"].socket.get(zmq.TYPE), zmq.DEALER)
         self.assertEqual(sockets["publisher"].socket.get(zmq.TYPE), zmq.XPUB)
         self.assertEqual(sockets["subscriber"].socket.get(zmq.TYPE), zmq.SUB)
-
-    def test_onlyConnectingSocketsPing(self):
-        """A bound socket sends no ZMTP PINGs; a connecting one does (see test_resets)."""
-        router = self.transport.router(lambda identity, frames: None)
-        address = router.bind(bindAddress("tcp", HOST, 0))
-        publisher = self.transport.publisher()
-        publisher.bind(bindAddress("tcp", HOST, 0))
-        dealer = self.transport.dealer(lambda frames: None)
-        dealer.connect(address)
-        for bound in (router, publisher):
-            self.assertEqual(bound.socket.get(zmq.HEARTBEAT_IVL), 0)
-        self.assertEqual(dealer.socket.get(zmq.HEARTBEAT_IVL), ZMTP_HEARTBEAT_MS)
-        self.assertEqual(dealer.socket.get(zmq.HEARTBEAT_TTL), ZMTP_HEARTBEAT_TIMEOUT_MS)
 
     def test_plainModeIsPlain(self):
         """Without a Curve (the default) no socket speaks CURVE and no ZAP handler runs."""

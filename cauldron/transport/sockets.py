@@ -12,14 +12,21 @@ reactor used behind the caller's back.  Every socket made here has:
 * at most :data:`READ_BATCH` messages handled per reactor read callback before
   yielding, so a flood cannot starve timers (heartbeats);
 * every scheduled call made on the reactor given to :class:`Transport`;
-* on TCP, ZMTP heartbeats and a bound on unacknowledged data
-  (:data:`ZMTP_HEARTBEAT_MS`, :data:`TCP_MAXRT_MS`) and on connection
-  attempts (:data:`CONNECT_TIMEOUT_MS`), so a connection to a frozen or
-  cut-off peer is dropped within seconds and reconnected at once after a
-  heal, instead of waiting for the kernel's retransmission backoff.  Only
-  connecting sockets send the PINGs; each carries a time to live, after
-  which the bound end drops a peer gone silent (see :meth:`_Connection.bind`
-  for why a bound socket sends none).
+* on TCP, kernel keepalive and a bound on unacknowledged data
+  (:data:`TCP_KEEPALIVE_IDLE_S`, :data:`TCP_MAXRT_MS`) and on connection
+  attempts (:data:`CONNECT_TIMEOUT_MS`), so a connection to a cut-off peer
+  is dropped within seconds and reconnected at once after a heal, instead
+  of waiting for the kernel's retransmission backoff.
+
+No socket sends ZMTP heartbeats.  libzmq 4.3 aborts the process
+(``Assertion failed: !_io_error``) when a connection's heartbeat timer fires
+after the connection was reset while its input was stopped at the
+high-water mark: any peer could kill a dispatcher or a router by flooding,
+then resetting, and a client stalled with a full queue died when its
+dispatcher's host rebooted (``tests/test_resets.py``).  The kernel's
+keepalive probes are no libzmq timer.  They cannot tell a frozen
+(SIGSTOPped) peer, whose kernel still answers; a client's watch of its
+dispatcher's heartbeats does.
 
 ROUTER sockets report the peer identity with each message and send replies
 to it; the identity is ZeroMQ's, never a value the peer chose.  Publishers
@@ -66,11 +73,12 @@ SAFETY_POLL_SECONDS = 0.5
 HANDSHAKE_MS = 5000
 RECONNECT_MS = 100
 RECONNECT_MAX_MS = 1000
-#: ZMTP PING every second from a connecting socket; a connection silent for
-#: three is dropped, by the connecting end (no PONG) and by the bound one (the
-#: PINGs' time to live)
-ZMTP_HEARTBEAT_MS = 1000
-ZMTP_HEARTBEAT_TIMEOUT_MS = 3000
+#: kernel TCP keepalive: after a second idle, a probe every second; after two
+#: unanswered, a connection whose peer's host stopped answering is dropped
+#: (about three seconds in all)
+TCP_KEEPALIVE_IDLE_S = 1
+TCP_KEEPALIVE_INTERVAL_S = 1
+TCP_KEEPALIVE_PROBES = 2
 #: a TCP connection whose sent data stays unacknowledged this long is dropped
 #: (TCP_USER_TIMEOUT), so the kernel gives up retransmitting stale requests
 TCP_MAXRT_MS = 5000
@@ -177,9 +185,10 @@ class _Connection(ZmqConnection):
         self.closed = False
         super().__init__(factory)
         self.socket.set(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-        self.socket.set(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_MS)
-        self.socket.set(zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_TIMEOUT_MS)
-        self.socket.set(zmq.HEARTBEAT_TTL, ZMTP_HEARTBEAT_TIMEOUT_MS)
+        self.socket.set(zmq.TCP_KEEPALIVE, 1)
+        self.socket.set(zmq.TCP_KEEPALIVE_IDLE, TCP_KEEPALIVE_IDLE_S)
+        self.socket.set(zmq.TCP_KEEPALIVE_INTVL, TCP_KEEPALIVE_INTERVAL_S)
+        self.socket.set(zmq.TCP_KEEPALIVE_CNT, TCP_KEEPALIVE_PROBES)
         self.socket.set(zmq.TCP_MAXRT, TCP_MAXRT_MS)
         self.socket.set(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
         self.socket.set(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
@@ -244,18 +253,8 @@ class _Connection(ZmqConnection):
         An ipc file's folder is made (mode 0700) if missing; an ipc file
         someone listens on is :class:`AddressInUse` (libzmq would silently
         take it over); the file is removed when this socket shuts down.
-
-        A bound socket sends no ZMTP PINGs.  libzmq 4.3 aborts the process
-        (``Assertion failed: !_io_error``) when a connection's PING timer
-        fires after the connection was reset while its input was stopped at
-        the high-water mark: any peer could do that by flooding, then
-        resetting.  The PINGs of the connecting end keep the connection
-        alive, and their time to live drops it when they stop.  (A peer
-        that puts a PING of its own after its flood still aborts a ROUTER:
-        libzmq answers it on the broken connection.  See docs/overview.)
         """
         self._secure("server")
-        self.socket.set(zmq.HEARTBEAT_IVL, 0)
         path = _ipcPath(address)
         if path is not None:
             _makeIpcFolder(os.path.dirname(path))
@@ -292,7 +291,6 @@ class _Connection(ZmqConnection):
 
     def connect(self, address):
         self._secure("client")
-        self.socket.set(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_MS)  # PINGs: see bind
         self.socket.connect(address)
 
     def doRead(self):
