@@ -73,9 +73,9 @@ SAFETY_POLL_SECONDS = 0.5
 HANDSHAKE_MS = 5000
 RECONNECT_MS = 100
 RECONNECT_MAX_MS = 1000
-#: kernel TCP keepalive: after a second idle, a probe every second; after two
-#: unanswered, a connection whose peer's host stopped answering is dropped
-#: (about three seconds in all)
+#: kernel TCP keepalive: after a second idle, a probe every second; a
+#: connection whose probes go unanswered is dropped after two of them, or
+#: (Linux, as TCP_USER_TIMEOUT is set) once TCP_MAXRT_MS has passed
 TCP_KEEPALIVE_IDLE_S = 1
 TCP_KEEPALIVE_INTERVAL_S = 1
 TCP_KEEPALIVE_PROBES = 2
