@@ -64,16 +64,28 @@ def resetWhileStalled(process, peers, frames):
         process.stdin.flush()
         out, err = process.communicate(timeout=DEADLINE)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+        for peer in peers:
+            peer.close()  # reset already, unless a flood failed
+        stop(process)
     assert process.returncode == 0 and out == "alive\n", (process.returncode, out, err[-2000:])
+
+
+def stop(process):
+    """Kill ``process`` if it still runs, and reap it."""
+    if process.poll() is None:
+        process.kill()
+        process.communicate()
 
 
 def survives(kind, socketType, frames):
     server = stalled(kind)
-    port = int(server.stdout.readline())
-    resetWhileStalled(server, [zmtpPeer(port, socketType) for _ in range(PEERS)], frames)
+    try:
+        port = int(server.stdout.readline())
+        peers = [zmtpPeer(port, socketType) for _ in range(PEERS)]
+    except BaseException:
+        stop(server)
+        raise
+    resetWhileStalled(server, peers, frames)
 
 
 def zmtpServe(listener, socketType):
@@ -110,7 +122,6 @@ def test_subscriberSurvivesItsPublishersFloodThenReset():
         try:
             publisher = zmtpServe(listener, b"PUB")
         except BaseException:
-            client.kill()
-            client.communicate()
+            stop(client)
             raise
         resetWhileStalled(client, [publisher], [zmtpFrame(b"K" + b"x" * 31)] * 100)
