@@ -15,15 +15,16 @@ reactor used behind the caller's back.  Every socket made here has:
 * on TCP, kernel keepalive and a bound on unacknowledged data
   (:data:`TCP_KEEPALIVE_IDLE_S`, :data:`TCP_MAXRT_MS`) and on connection
   attempts (:data:`CONNECT_TIMEOUT_MS`), so a connection to a cut-off peer
-  is dropped within seconds and reconnected at once after a heal, instead
-  of waiting for the kernel's retransmission backoff.
+  is dropped within seconds and reconnected within a second or two of a
+  heal, instead of waiting for the kernel's retransmission backoff.
 
 No socket sends ZMTP heartbeats.  libzmq 4.3 aborts the process
 (``Assertion failed: !_io_error``) when a connection's heartbeat timer fires
 after the connection was reset while its input was stopped at the
 high-water mark: any peer could kill a dispatcher or a router by flooding,
 then resetting, and a client stalled with a full queue died when its
-dispatcher's host rebooted (``tests/test_resets.py``).  The kernel's
+connection was reset (its dispatcher's host rebooting, say;
+``tests/test_resets.py``).  The kernel's
 keepalive probes are no libzmq timer.  They cannot tell a frozen
 (SIGSTOPped) peer, whose kernel still answers; a client's watch of its
 dispatcher's heartbeats does.
